@@ -1,0 +1,190 @@
+"""`lmtune train | eval | predict`: a thin dispatcher over the Python API.
+
+Bad input exits with code 2 and one clear `error:` line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lmtune.errors import LmtuneError
+
+DESCRIPTION = "lmtune: efficient fine-tuning of language models."
+
+
+def _config_keys_help() -> str:
+    from lmtune.config import describe
+
+    rows = describe()
+    width = max(len(k) for k, _, _ in rows)
+    lines = [f"  {k:<{width}}  {h} (default: {d})" for k, d, h in rows]
+    return "config keys (set in YAML or as key=value):\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmtune", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    t = sub.add_parser("train", help="fine-tune a model; no arguments: MiniLM on "
+                       "rotten_tomatoes", formatter_class=fmt, epilog=_config_keys_help(),
+                       description="Fine-tune a model. Examples:\n  lmtune train\n  lmtune "
+                       "train configs/lora.yaml train.lr=3e-4\n  lmtune train data.train="
+                       "reviews.csv data.text_column=review method=lora")
+    t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]",
+                   help="an optional YAML config, then dotted overrides")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a saved run on its test split or new data",
+                       formatter_class=fmt, description="Evaluate a run. Examples:\n  "
+                       "lmtune eval runs/default\n  lmtune eval runs/default data.test="
+                       "other.csv data.text_column=review")
+    e.add_argument("run_dir", help="a run dir written by `lmtune train`")
+    e.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="data.* settings, e.g. data.test=FILE")
+    e.add_argument("--json", dest="json_path", help="where to write the metrics "
+                   "(default: RUN_DIR/eval.json)")
+    e.add_argument("--output", help="write one prediction per input row to this JSONL file")
+
+    p = sub.add_parser("predict", help="label texts with a saved run", formatter_class=fmt,
+                       description="Predict labels. Examples:\n  lmtune predict runs/default "
+                       "'a triumph' 'a mess'\n  lmtune predict runs/default --input new.csv "
+                       "--output preds.jsonl")
+    p.add_argument("run_dir", help="a run dir, or an HF sequence-classification model dir")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--input", help="a .txt file (one text per line) or a data file with the "
+                   "run's text column")
+    p.add_argument("--output", help="write JSONL here instead of printing a table")
+    p.add_argument("--jsonl", action="store_true", help="print JSONL instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}[args.command](args)
+    except LmtuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_train(args) -> int:
+    from lmtune.config import load_config
+    from lmtune.train import train
+
+    items = list(args.args)
+    path = None
+    if items and "=" not in items[0]:
+        path = items.pop(0)
+    bad = [x for x in items if "=" not in x]
+    if bad:
+        raise LmtuneError(f"command line: expected key=value, got {bad[0]!r} (only the first "
+                          "argument may be a config file)")
+    cfg = load_config(path, items)
+    train(cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from lmtune.infer.predict import evaluate_run
+    from lmtune.rundir import atomic_write_json
+
+    clf, metrics = evaluate_run(args.run_dir, args.overrides)
+    texts, labels = metrics.pop("texts"), metrics.pop("labels")
+    print(format_metrics(metrics, clf.label_names))
+    out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
+    atomic_write_json(out, {"test": metrics})
+    print(f"\nwrote {out}")
+    if args.output:
+        preds = clf.predict(texts)
+        rows = [{"text": t, "label": y, **p} for t, y, p in zip(texts, labels, preds)]
+        write_jsonl(Path(args.output), rows)
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    return 0
+
+
+def format_metrics(m: dict, names: list[str]) -> str:
+    """The eval table: headline metrics, per-class scores, confusion matrix."""
+    lines = [f"test set: {m.get('source', '?')} ({m['n']} rows)",
+             f"  accuracy           {m['accuracy']:.4f}",
+             f"  macro-F1           {m['macro_f1']:.4f}",
+             f"  loss               {m['loss']:.4f}"]
+    if "majority_baseline" in m:
+        lines.append(f"  majority baseline  {m['majority_baseline']:.4f}")
+    w = max(8, *(len(n) for n in names))
+    lines += ["", f"  {'class':<{w}}  precision  recall  f1      support"]
+    for name, c in m["per_class"].items():
+        lines.append(f"  {name:<{w}}  {c['precision']:.4f}     {c['recall']:.4f}  "
+                     f"{c['f1']:.4f}  {c['support']}")
+    lines += ["", "  confusion matrix (rows: true, columns: predicted)",
+              "  " + " " * w + "".join(f"  {n:>{w}}" for n in names)]
+    for name, row in zip(names, m["confusion_matrix"]):
+        lines.append(f"  {name:<{w}}" + "".join(f"  {v:>{w}}" for v in row))
+    return "\n".join(lines)
+
+
+def cmd_predict(args) -> int:
+    from lmtune.infer.predict import Predictor
+
+    clf = Predictor(args.run_dir)
+    texts = list(args.texts)
+    if args.input:
+        texts += read_texts(Path(args.input), clf)
+    if not texts:
+        raise LmtuneError("predict: give texts as arguments or --input FILE")
+    rows = [{"text": t, **p} for t, p in zip(texts, clf.predict(texts))]
+    if args.output:
+        write_jsonl(Path(args.output), rows)
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    elif args.jsonl:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+    else:
+        w = max(len("label"), *(len(n) for n in clf.label_names))
+        print(f"{'label':<{w}}  score   text")
+        for r in rows:
+            text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+            print(f"{r['label']:<{w}}  {r['score']:.4f}  {text}")
+    return 0
+
+
+def read_texts(path: Path, clf) -> list[str]:
+    """Texts from a .txt file (one per non-empty line) or a data file's text column."""
+    from lmtune.data.readers import read_path
+
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise LmtuneError(f"{path}: file not found")
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise LmtuneError(f"{path}: not valid UTF-8 ({e.reason})") from None
+        return [line for line in lines if line.strip()]
+    table = read_path(path)
+    if isinstance(table, dict):
+        table = next(iter(table.values()))
+    column = clf.config.data.text_column if clf.config else "text"
+    if column not in table.columns:
+        raise LmtuneError(f"{path}: no column {column!r}; columns found: "
+                          f"{', '.join(table.columns)}")
+    texts = []
+    for i, row in enumerate(table.rows):
+        if not isinstance(row[column], str) or not row[column].strip():
+            raise LmtuneError(f"{table.loc(i)}: empty or missing text in column {column!r}")
+        texts.append(row[column])
+    return texts
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    from lmtune.rundir import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Data for classification: sources → validated (text, label) splits with a label map.
+
+All validation happens here, before a model is loaded or the run dir is touched, so bad
+input stops the run with a message naming the file and line and nothing half-written.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from lmtune.config import DataConfig
+from lmtune.data.builtin import BUILTINS
+from lmtune.data.readers import Table, read_path
+from lmtune.errors import LmtuneError
+
+
+@dataclass
+class LabeledSet:
+    """Validated texts with their label names, in source order."""
+
+    source: str
+    texts: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Splits:
+    train: LabeledSet
+    validation: LabeledSet
+    test: LabeledSet | None
+    label_names: list[str]  # class id i ↔ label_names[i]
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+
+def read_source(name: str, seed: int) -> Table | dict[str, Table]:
+    """A built-in dataset name or a path (file or saved HF datasets dir)."""
+    if name in BUILTINS:
+        return BUILTINS[name](seed)
+    return read_path(name)
+
+
+def load_splits(data: DataConfig, seed: int,
+                train_table: Table | None = None) -> Splits:
+    """Read, validate and (where needed) split the data the config names.
+
+    `train_table` replaces `data.train` (the Python API passes in-memory lists this way).
+    When only a training source is given it is split, seeded and stratified, into
+    train / validation / test. A source that carries its own splits (a built-in dataset or a
+    saved DatasetDict) provides them.
+    """
+    source = train_table if train_table is not None else read_source(data.train, seed)
+    parts = dict(source) if isinstance(source, dict) else {"train": source}
+    if "train" not in parts:
+        raise LmtuneError(f"{data.train}: has splits {', '.join(parts)} but no 'train' split")
+    for key in ("validation", "test"):
+        path = getattr(data, key)
+        if path is not None:
+            table = read_source(path, seed)
+            parts[key] = table[key] if isinstance(table, dict) and key in table else table
+            if isinstance(parts[key], dict):
+                raise LmtuneError(f"{path}: has splits {', '.join(parts[key])} but no {key!r}")
+    if "valid" in parts and "validation" not in parts:
+        parts["validation"] = parts.pop("valid")
+    sets = {name: labeled(table, data) for name, table in parts.items()
+            if name in ("train", "validation", "test")}
+    train = sets["train"]
+    names = label_order(set(train.labels))
+    if len(names) < 2:
+        raise LmtuneError(f"{train.source}: every row has label {names[0]!r}; classification "
+                          "needs at least two classes")
+    if "validation" not in sets:
+        fractions = {"validation": data.val_fraction}
+        if "test" not in sets and data.validation is None:
+            fractions["test"] = data.test_fraction
+        train, carved = stratified_split(train, fractions, seed)
+        sets.update(carved)
+    for key in ("validation", "test"):
+        if key in sets:
+            check_known_labels(sets[key], parts.get(key), data, names)
+    return Splits(train, sets["validation"], sets.get("test"), names)
+
+
+def labeled(table: Table, data: DataConfig) -> LabeledSet:
+    """Pull (text, label) out of each row, rejecting empty texts and missing labels."""
+    for key, column in (("text_column", data.text_column), ("label_column", data.label_column)):
+        if column not in table.columns:
+            close = difflib.get_close_matches(column, table.columns, n=1, cutoff=0.4)
+            hint = f" Did you mean {close[0]!r}? Set data.{key}={close[0]}." if close else \
+                f" Set data.{key} to one of them."
+            raise LmtuneError(f"{table.source}: no column {column!r} (data.{key}); columns "
+                              f"found: {', '.join(table.columns)}.{hint}")
+    texts, labels = [], []
+    for i, row in enumerate(table.rows):
+        text = row.get(data.text_column)
+        if not isinstance(text, str):
+            kind = "missing" if text is None else f"not a string ({type(text).__name__})"
+            raise LmtuneError(f"{table.loc(i)}: text in column {data.text_column!r} is {kind}")
+        if not text.strip():
+            raise LmtuneError(f"{table.loc(i)}: empty text in column {data.text_column!r}")
+        label = label_name(row.get(data.label_column))
+        if label is None:
+            raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}")
+        texts.append(text)
+        labels.append(label)
+    return LabeledSet(table.source, texts, labels)
+
+
+def label_name(value: Any) -> str | None:
+    """Normalize a label cell to its name; None for a missing one. 1, 1.0 and "1" agree."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float, str)):
+        return str(value).strip() or None
+    return None
+
+
+def label_order(names: set[str]) -> list[str]:
+    """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+def check_known_labels(part: LabeledSet, table: Table | None, data: DataConfig,
+                        names: list[str]) -> None:
+    known = set(names)
+    for i, label in enumerate(part.labels):
+        if label not in known:
+            where = table.loc(i) if table is not None else part.source
+            raise LmtuneError(f"{where}: label {label!r} in column {data.label_column!r} does "
+                              f"not occur in the training data (labels: {', '.join(names)})")
+
+
+def stratified_split(part: LabeledSet, fractions: dict[str, float],
+                     seed: int) -> tuple[LabeledSet, dict[str, LabeledSet]]:
+    """Seeded split keeping each class's share: returns (rest, {name: carved set})."""
+    by_label = defaultdict(list)
+    for i, label in enumerate(part.labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    chosen: dict[str, list[int]] = {name: [] for name in fractions}
+    rest: list[int] = []
+    for label in sorted(by_label):
+        idx = by_label[label]
+        rng.shuffle(idx)
+        start = 0
+        for name, frac in fractions.items():
+            n = round(len(idx) * frac)
+            chosen[name] += idx[start:start + n]
+            start += n
+        rest += idx[start:]
+    for name, idx in chosen.items():
+        if not idx:
+            raise LmtuneError(f"{part.source}: too few rows ({len(part)}) to split off a "
+                              f"{name} set; give data.{name} explicitly")
+
+    def subset(idx: list[int], name: str) -> LabeledSet:
+        idx = sorted(idx)
+        return LabeledSet(f"{part.source}[{name}]", [part.texts[i] for i in idx],
+                          [part.labels[i] for i in idx])
+
+    return subset(rest, "train"), {name: subset(idx, name) for name, idx in chosen.items()}

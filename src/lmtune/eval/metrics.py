@@ -1,0 +1,60 @@
+"""Classification metrics as pure functions of a confusion matrix.
+
+Evaluation streams predictions into the matrix batch by batch, so memory does not grow with
+the size of the test set (no logits are kept).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+
+def confusion_matrix(true: list[int], pred: list[int], n_classes: int) -> list[list[int]]:
+    """`m[t][p]` counts samples of true class t predicted as p."""
+    m = [[0] * n_classes for _ in range(n_classes)]
+    for t, p in zip(true, pred, strict=True):
+        m[t][p] += 1
+    return m
+
+
+def add_to_confusion(m: list[list[int]], true: list[int], pred: list[int]) -> None:
+    for t, p in zip(true, pred, strict=True):
+        m[t][p] += 1
+
+
+def classification_metrics(m: list[list[int]], label_names: list[str]) -> dict:
+    """accuracy, macro_f1, per_class {name: precision/recall/f1/support}, confusion_matrix.
+
+    A class never predicted has precision 0 (and never present, recall 0): the sklearn
+    `zero_division=0` convention, so macro-F1 punishes a collapsed classifier.
+    """
+    n = len(m)
+    total = sum(map(sum, m))
+    correct = sum(m[i][i] for i in range(n))
+    per_class = {}
+    for i, name in enumerate(label_names):
+        tp = m[i][i]
+        predicted = sum(m[t][i] for t in range(n))
+        support = sum(m[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1,
+                           "support": support}
+    return {
+        "accuracy": correct / total if total else math.nan,
+        "macro_f1": sum(c["f1"] for c in per_class.values()) / n if n else math.nan,
+        "per_class": per_class,
+        "confusion_matrix": [list(row) for row in m],
+        "n": total,
+    }
+
+
+def majority_baseline(train_labels: list, test_labels: list) -> float:
+    """Accuracy of always predicting the training set's most frequent class (ties: the
+    smallest label)."""
+    if not test_labels:
+        return math.nan
+    counts = Counter(train_labels)
+    majority = min(counts, key=lambda x: (-counts[x], x))
+    return sum(t == majority for t in test_labels) / len(test_labels)

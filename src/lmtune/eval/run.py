@@ -1,0 +1,56 @@
+"""Batched, streaming evaluation: memory stays flat however large the test set is."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from lmtune.data.collate import Encoded, collate, eval_batches
+from lmtune.eval.metrics import add_to_confusion, classification_metrics
+
+
+def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
+                    autocast=contextlib.nullcontext) -> Iterator[tuple[list[int], torch.Tensor,
+                                                                       dict]]:
+    """Yield (row indices, fp32 logits [B, C], batch) over length-sorted batches, no grad."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for idx in eval_batches([len(x) for x in data.input_ids], batch_size):
+                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+                with autocast():
+                    out = model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"])
+                yield idx, out.logits.float(), batch
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, data: Encoded, label_names: list[str], batch_size: int, pad_id: int,
+             autocast=contextlib.nullcontext) -> dict:
+    """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`."""
+    m = [[0] * len(label_names) for _ in label_names]
+    loss_sum = 0.0
+    for _, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast):
+        labels = batch["labels"]
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        add_to_confusion(m, labels.tolist(), logits.argmax(-1).tolist())
+    metrics = classification_metrics(m, label_names)
+    metrics["loss"] = loss_sum / max(1, len(data))
+    return metrics
+
+
+def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
+                  autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Class probabilities [N, C] in the input order."""
+    probs: torch.Tensor | None = None
+    for idx, logits, _ in forward_batches(model, data, batch_size, pad_id, autocast):
+        if probs is None:
+            probs = torch.empty(len(data), logits.shape[-1])
+        probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
+    assert probs is not None
+    return probs

@@ -1,0 +1,101 @@
+"""Load a finished run (or any HF classifier dir) and predict labels for texts.
+
+    clf = lmtune.pipeline("runs/default")
+    clf("a gripping, beautifully shot film")   # {"label": "fresh", "score": 0.97}
+    clf(["dull", "superb"])                     # a list in, a list out (batched)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmtune import dist
+from lmtune.config import Config, load_config
+from lmtune.data.collate import Encoded, encode
+from lmtune.errors import LmtuneError
+from lmtune.eval.run import evaluate, predict_proba
+from lmtune.models.io import load_saved
+
+
+class Predictor:
+    """A saved classifier with its tokenizer, label map and inference settings."""
+
+    def __init__(self, path: str | Path, batch_size: int | None = None,
+                 precision: str = "auto"):
+        path = Path(path)
+        if not path.is_dir():
+            raise LmtuneError(f"{path}: not a run dir or model dir")
+        if (path / "config.yaml").exists():  # a run dir
+            self.config: Config | None = load_config(path / "config.yaml")
+            model_dir, base = path / "model", self.config.model
+            trust = self.config.trust_remote_code
+        else:  # a bare HF model dir (full fine-tune) has no base to resolve
+            self.config, model_dir, base, trust = None, path, str(path), False
+        self.model, self.tokenizer = load_saved(model_dir, base, trust)
+        id2label = self.model.config.id2label
+        self.label_names = [id2label[i] for i in range(len(id2label))]
+        self.max_length = self.config.train.max_length if self.config else 512
+        self.batch_size = batch_size or (self.config.eval.batch_size if self.config else 64)
+        self.precision = dist.resolve_precision(precision)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def encode(self, texts: list[str], labels: list[str] | None = None) -> Encoded:
+        label2id = {name: i for i, name in enumerate(self.label_names)}
+        ids = [label2id[x] for x in labels] if labels is not None else None
+        return encode(self.tokenizer, texts, self.max_length, ids)
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """[{"label", "score", "scores": {label: prob}}] in input order."""
+        if not texts:
+            return []
+        probs = predict_proba(self.model, self.encode(texts), self.batch_size, self.pad_id,
+                              lambda: dist.autocast(self.precision))
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": self.label_names[best], "score": row[best],
+                        "scores": dict(zip(self.label_names, row))})
+        return out
+
+    def evaluate(self, texts: list[str], labels: list[str]) -> dict:
+        return evaluate(self.model, self.encode(texts, labels), self.label_names,
+                        self.batch_size, self.pad_id, lambda: dist.autocast(self.precision))
+
+    def __call__(self, texts: str | list[str]) -> dict | list[dict]:
+        if isinstance(texts, str):
+            return self.predict([texts])[0]
+        return self.predict(list(texts))
+
+
+def pipeline(path: str | Path, **kwargs) -> Predictor:
+    """The seed's `pipeline(...)` for a saved run: call it on a text or a list of texts."""
+    return Predictor(path, **kwargs)
+
+
+def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor, dict]:
+    """Metrics of a saved run on its test split, or on `data.test=FILE` given as override.
+
+    Returns (predictor, metrics) where metrics also holds `texts`, `labels` and
+    `majority_baseline` (accuracy of always answering the training set's top class).
+    """
+    from lmtune.data.load import check_known_labels, labeled, load_splits, read_source
+    from lmtune.eval.metrics import majority_baseline
+
+    clf = Predictor(path)
+    if clf.config is None:
+        raise LmtuneError(f"{path}: not a run dir (no config.yaml); `lmtune eval` needs the "
+                          "run's data settings")
+    cfg = load_config(Path(path) / "config.yaml", overrides)
+    splits = load_splits(cfg.data, cfg.seed)
+    if any(o.startswith("data.test=") for o in overrides):
+        table = read_source(cfg.data.test, cfg.seed)
+        table = table["test"] if isinstance(table, dict) else table
+        test = labeled(table, cfg.data)
+        check_known_labels(test, table, cfg.data, clf.label_names)
+    elif splits.test is not None:
+        test = splits.test
+    else:
+        raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
+    metrics = clf.evaluate(test.texts, test.labels)
+    metrics["majority_baseline"] = majority_baseline(splits.train.labels, test.labels)
+    metrics["source"] = test.source
+    return clf, metrics | {"texts": test.texts, "labels": test.labels}

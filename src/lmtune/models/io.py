@@ -1,0 +1,51 @@
+"""Save a trained model as a plain HF model dir (or PEFT adapter dir) and load it back."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from lmtune.errors import LmtuneError
+from lmtune.models.load import load_tokenizer, resolve_model
+
+
+def is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_model(model: nn.Module, tokenizer, path: Path) -> None:
+    """safetensors weights + config (with id2label) + tokenizer.
+
+    A PEFT model saves only its adapter (and head); the base config with the label map is
+    saved beside it so the classes survive without the training config.
+    """
+    model.save_pretrained(path)
+    if is_peft(model):
+        model.get_base_model().config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if any(p.suffix in (".bin", ".pt", ".pth") for p in path.iterdir()):
+        raise RuntimeError(f"{path}: a pickle-based weight file was written; expected "
+                           "safetensors only")
+
+
+def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool):
+    """(model, tokenizer) from a saved model dir; adapters are applied to their base model."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not (model_dir / "config.json").exists():
+        raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
+                          "run finish?")
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(base_model), config=config, trust_remote_code=trust_remote_code)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code)
+    return model.eval(), tokenizer

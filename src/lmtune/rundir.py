@@ -1,0 +1,84 @@
+"""The run dir: config.yaml, metrics.jsonl, model/, eval.json. Every file lands atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lmtune.config import Config, config_yaml
+from lmtune.errors import LmtuneError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same dir, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_save_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temp dir, then swap it in for `final` (old contents removed)."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
+    try:
+        write(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg_dict.items() if k != "overwrite"}
+
+
+def check_run_dir(cfg: Config) -> Path:
+    """Refuse to reuse a run dir that holds a different run, unless `overwrite=true`.
+
+    Only checks; nothing is created here, so a run that fails validation later leaves no trace.
+    """
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise LmtuneError(f"output_dir {out}: exists and is not a directory")
+    old_cfg = out / "config.yaml"
+    if old_cfg.exists() and not cfg.overwrite:
+        try:
+            old = yaml.safe_load(old_cfg.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or _comparable(old) != _comparable(cfg.to_dict()):
+            raise LmtuneError(f"output_dir {out}: holds a run with a different config; choose "
+                              "another output_dir or set overwrite=true to replace it")
+    return out
+
+
+def start_run_dir(cfg: Config) -> Path:
+    """Create the run dir and write config.yaml; a fresh metrics.jsonl starts empty."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config_yaml(cfg))
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    return out

@@ -1,0 +1,251 @@
+"""The training run, top to bottom: setup → fit → finish.
+
+    setup   validate data, load tokenizer + model, apply the method, tokenize once,
+            build optimizer + schedule, prepare with accelerate
+    fit     for each optimizer step: k micro-batches (loss normalized over the whole
+            effective batch) → clip → step → schedule; log; evaluate; keep the best
+    finish  restore the best weights, test, save model/ and eval.json, print a summary
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmtune import dist, rundir
+from lmtune.config import Config
+from lmtune.data.collate import Encoded, collate, encode, epoch_batches
+from lmtune.data.load import Splits, load_splits
+from lmtune.data.readers import Table
+from lmtune.eval.run import evaluate
+from lmtune.models.io import save_model
+from lmtune.models.load import attention_impl, load_classifier, load_tokenizer, resolve_model
+from lmtune.models.methods import apply_method, count_parameters, trainable_state
+from lmtune.optim import build_optimizer, build_scheduler
+from lmtune.track import JsonlLogger, NullLogger
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    splits: Splits
+    tokenizer: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    accelerator: object
+    data: dict[str, Encoded]
+    precision: str
+    total_steps: int
+    steps_per_epoch: int
+    out: Path
+    logger: object
+
+
+@dataclass
+class FitState:
+    step: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    best: dict = field(default_factory=dict)  # {"step", metric name: value}
+    best_weights: dict | None = None
+    last_eval_step: int = -1
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    test: dict | None
+    best: dict
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+
+
+def train(cfg: Config, train_table: Table | None = None, progress: bool = True) -> RunResult:
+    """Fine-tune `cfg.model` on `cfg.data` (or `train_table`) and write the run dir."""
+    setup = prepare(cfg, train_table)
+    state = fit(setup, progress)
+    return finish(setup, state)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
+    dist.set_threads(cfg.train.threads)
+    dist.seed_everything(cfg.seed)
+    precision = dist.resolve_precision(cfg.train.precision)
+    # Everything that can fail on user input happens before the run dir is touched.
+    splits = load_splits(cfg.data, cfg.seed, train_table)
+    out = rundir.check_run_dir(cfg)
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+    model = load_classifier(model_path, splits.label_names, cfg.trust_remote_code,
+                            attention_impl(cfg.attention, dist.device_type()))
+    model = apply_method(model, cfg)
+
+    label2id = splits.label2id
+    data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
+                         [label2id[x] for x in part.labels])
+            for name, part in (("train", splits.train), ("validation", splits.validation),
+                               ("test", splits.test)) if part is not None}
+    batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
+    steps_per_epoch = math.ceil(batches / cfg.train.grad_accum)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+
+    accelerator = dist.make_accelerator(precision)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours
+    if accelerator.is_main_process:
+        out = rundir.start_run_dir(cfg)
+        logger = JsonlLogger(out / "metrics.jsonl")
+    else:
+        logger = NullLogger()
+    return Setup(cfg, splits, tokenizer, model, optimizer, scheduler, accelerator, data,
+                 precision, total_steps, steps_per_epoch, out, logger)
+
+
+# ------------------------------------------------------------------------------- fit
+
+
+def fit(s: Setup, progress: bool = True) -> FitState:
+    cfg, tc, state = s.cfg, s.cfg.train, FitState()
+    pad_id = s.tokenizer.pad_token_id or 0
+    lengths = [len(x) for x in s.data["train"].input_ids]
+    bar = tqdm(total=s.total_steps, desc="train", unit="step", dynamic_ncols=True,
+               disable=not progress or not s.accelerator.is_main_process)
+    s.model.train()
+    epoch, start = 0, time.perf_counter()
+    window_loss, window_samples, window_start = torch.zeros(()), 0, start
+    while state.step < s.total_steps:
+        batches = epoch_batches(lengths, tc.batch_size, cfg.seed, epoch, tc.group_by_length)
+        for g in range(0, len(batches), tc.grad_accum):
+            group = batches[g:g + tc.grad_accum]
+            window_loss += train_step(s, group, pad_id)
+            state.step += 1
+            n = sum(map(len, group))
+            state.samples += n
+            window_samples += n
+            bar.update(1)
+            if state.step % tc.log_every == 0 or state.step == s.total_steps:
+                now = time.perf_counter()
+                row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
+                       "loss": window_loss.item() / max(1, _steps_in_window(state, tc)),
+                       "lr": s.scheduler.get_last_lr()[0],
+                       "samples_per_s": window_samples / max(now - window_start, 1e-9)}
+                s.logger.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                sps=f"{row['samples_per_s']:.0f}")
+                window_loss, window_samples, window_start = torch.zeros(()), 0, now
+            if tc.eval_every and state.step % tc.eval_every == 0:
+                validate(s, state, epoch)
+            if state.step >= s.total_steps:
+                break
+        epoch += 1
+        if not tc.eval_every:
+            validate(s, state, epoch - 1)
+    if state.last_eval_step != state.step:
+        validate(s, state, epoch - 1)
+    state.seconds = time.perf_counter() - start
+    bar.close()
+    return state
+
+
+def _steps_in_window(state: FitState, tc) -> int:
+    """How many steps the current logging window holds (the last one may be short)."""
+    return (state.step - 1) % tc.log_every + 1
+
+
+def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
+    """One optimizer step over the micro-batches in `group`; returns the step's mean loss.
+
+    Each micro-batch's summed loss is divided by the sample count of the *whole* group, so
+    accumulating k micro-batches gives the same gradient as one batch k times larger (a
+    short last micro-batch weighs by its size, not as a full one).
+    """
+    n = sum(map(len, group))
+    device = s.accelerator.device
+    total = torch.zeros((), device=device)
+    for j, idx in enumerate(group):
+        batch = {k: v.to(device) for k, v in collate(s.data["train"], idx, pad_id).items()}
+        last = j == len(group) - 1
+        with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
+            logits = s.model(input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"]).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / n
+            s.accelerator.backward(loss)
+        total += loss.detach()
+    if s.cfg.train.max_grad_norm:
+        s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.train.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return total.cpu()
+
+
+def validate(s: Setup, state: FitState, epoch: int) -> None:
+    """Evaluate on the validation split; keep a copy of the best trainable weights."""
+    metrics = evaluate(s.model, s.data["validation"], s.splits.label_names,
+                       s.cfg.eval.batch_size, s.tokenizer.pad_token_id or 0)
+    state.last_eval_step = state.step
+    name = s.cfg.eval.metric
+    s.logger.log({"step": state.step, "epoch": epoch, "split": "validation",
+                  **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1")}})
+    better = (not state.best or
+              (metrics[name] < state.best[name] if name == "loss"
+               else metrics[name] > state.best[name]))
+    if better:
+        state.best = {"step": state.step, "loss": metrics["loss"],
+                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        state.best_weights = trainable_state(s.accelerator.unwrap_model(s.model))
+
+
+# ---------------------------------------------------------------------------- finish
+
+
+def finish(s: Setup, state: FitState) -> RunResult:
+    model = s.accelerator.unwrap_model(s.model)
+    if state.best_weights is not None and state.best["step"] != state.step:
+        model.load_state_dict(state.best_weights, strict=False)
+    test = None
+    if "test" in s.data:
+        test = evaluate(s.model, s.data["test"], s.splits.label_names, s.cfg.eval.batch_size,
+                        s.tokenizer.pad_token_id or 0)
+        s.logger.log({"step": state.step, "split": "test", "loss": test["loss"],
+                      "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]})
+    s.accelerator.wait_for_everyone()
+    result = RunResult(s.out, test, state.best, state.step, state.seconds,
+                       state.samples / max(state.seconds, 1e-9))
+    if s.accelerator.is_main_process:
+        rundir.atomic_save_dir(s.out / "model", lambda p: save_model(model, s.tokenizer, p))
+        if test is not None:
+            rundir.atomic_write_json(s.out / "eval.json", {"test": test})
+        print(summary(s, result, model))
+    s.logger.close()
+    return result
+
+
+def summary(s: Setup, r: RunResult, model) -> str:
+    trainable, total = count_parameters(model)
+    rows = [("model", s.cfg.model), ("method", s.cfg.method),
+            ("trainable params", f"{trainable:,} / {total:,} ({trainable / total:.2%})"),
+            ("precision", s.precision),
+            ("train samples", f"{len(s.data['train']):,}"),
+            ("steps", f"{r.steps} ({r.steps / s.steps_per_epoch:.2f} epochs)"),
+            ("train time", f"{r.train_seconds:.1f} s ({r.samples_per_second:.0f} samples/s)"),
+            (f"best validation {s.cfg.eval.metric}",
+             f"{r.best[s.cfg.eval.metric]:.4f} (step {r.best['step']})")]
+    if r.test is not None:
+        rows += [("test accuracy", f"{r.test['accuracy']:.4f}"),
+                 ("test macro-F1", f"{r.test['macro_f1']:.4f}")]
+    rows.append(("run dir", str(s.out)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([""] + [f"  {k:<{width}}  {v}" for k, v in rows])
