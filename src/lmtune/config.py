@@ -23,7 +23,7 @@ from lmtune.errors import LmtuneError
 TASKS = ("classify",)
 METHODS = ("full", "lora", "freeze")
 SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp32", "fp16")
+PRECISIONS = ("auto", "bf16", "fp32")
 METRICS = ("accuracy", "macro_f1", "loss")
 ATTENTION = ("auto", "eager", "sdpa")
 
@@ -83,8 +83,8 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
     max_length: int = opt(128, "truncate inputs to this many tokens")
     group_by_length: bool = opt(True, "batch samples of similar length (less padding)")
-    precision: str = opt("auto", "auto (bf16 where the hardware has it, else fp32), bf16, "
-                         "fp32; fp16 only on CUDA")
+    precision: str = opt("auto", "auto (bf16 autocast where the hardware runs bf16 "
+                         "natively, else fp32), bf16, fp32; never fp16")
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: at each epoch end)")
     log_every: int = opt(10, "write a metrics.jsonl row every N optimizer steps")
     threads: int = opt(0, "CPU threads for torch (0: one per physical core)")

@@ -1,8 +1,8 @@
 """Device, precision and accelerate set-up; rank helpers.
 
 bf16 autocast is used where the hardware runs bf16 matmuls natively (CUDA with bf16, CPUs
-with avx512_bf16 or AMX); elsewhere fp32. fp16 is refused on CPU: no CPU runs it fast and it
-needs loss scaling.
+with avx512_bf16 or AMX); elsewhere fp32. fp16 is not offered: no CPU runs it fast, and it
+needs loss scaling that bf16 does not.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import torch
 
-from lmtune.errors import LmtuneError
 
 
 @lru_cache(maxsize=1)
@@ -31,33 +30,31 @@ def device_type() -> str:
 
 
 def resolve_precision(requested: str, device: str | None = None) -> str:
-    """Map `train.precision` (auto|bf16|fp32|fp16) to what this device will run."""
+    """Map `train.precision` (auto|bf16|fp32) to what this device will run."""
     device = device or device_type()
     if requested == "auto":
         if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_bf16() else "fp32"
-    if requested == "fp16" and device == "cpu":
-        raise LmtuneError("train.precision: fp16 is not supported on CPU (no fast fp16 "
-                          "kernels); use bf16 or fp32")
     return requested
 
 
 def autocast(precision: str, device: str | None = None):
-    """The autocast context for inference outside accelerate (predict, eval of a run dir)."""
-    device = device or device_type()
+    """bf16 autocast (weights stay fp32, matmuls run in bf16), or nothing for fp32.
+
+    The loop applies it itself rather than through accelerate's `mixed_precision`, whose
+    process-wide state cannot change between runs in one Python process.
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device, dtype=dtype)
+    return torch.autocast(device_type=device or device_type(), dtype=torch.bfloat16)
 
 
-def make_accelerator(precision: str):
+def make_accelerator():
     """An `accelerate.Accelerator`: works alone, under `accelerate launch` and torchrun."""
     from accelerate import Accelerator
 
-    mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
-    return Accelerator(mixed_precision=mixed, cpu=device_type() == "cpu")
+    return Accelerator(cpu=device_type() == "cpu")
 
 
 def set_threads(threads: int) -> int:

@@ -100,7 +100,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     steps_per_epoch = math.ceil(batches / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
 
-    accelerator = dist.make_accelerator(precision)
+    accelerator = dist.make_accelerator()
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours
@@ -178,8 +178,9 @@ def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
         batch = {k: v.to(device) for k, v in collate(s.data["train"], idx, pad_id).items()}
         last = j == len(group) - 1
         with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
-            logits = s.model(input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"]).logits
+            with dist.autocast(s.precision):
+                logits = s.model(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / n
             s.accelerator.backward(loss)
         total += loss.detach()
@@ -194,7 +195,8 @@ def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
 def validate(s: Setup, state: FitState, epoch: int) -> None:
     """Evaluate on the validation split; keep a copy of the best trainable weights."""
     metrics = evaluate(s.model, s.data["validation"], s.splits.label_names,
-                       s.cfg.eval.batch_size, s.tokenizer.pad_token_id or 0)
+                       s.cfg.eval.batch_size, s.tokenizer.pad_token_id or 0,
+                       lambda: dist.autocast(s.precision))
     state.last_eval_step = state.step
     name = s.cfg.eval.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation",
@@ -218,7 +220,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
     test = None
     if "test" in s.data:
         test = evaluate(s.model, s.data["test"], s.splits.label_names, s.cfg.eval.batch_size,
-                        s.tokenizer.pad_token_id or 0)
+                        s.tokenizer.pad_token_id or 0, lambda: dist.autocast(s.precision))
         s.logger.log({"step": state.step, "split": "test", "loss": test["loss"],
                       "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]})
     s.accelerator.wait_for_everyone()

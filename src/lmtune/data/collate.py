@@ -59,10 +59,16 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def collate(data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad the rows `idx` to their longest: input_ids/attention_mask [B, T], labels [B]."""
+def collate(data: Encoded, idx: list[int], pad_id: int,
+            multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Pad the rows `idx` to their longest, rounded up to a multiple of `multiple`:
+    input_ids/attention_mask [B, T], labels [B].
+
+    Rounding keeps the number of distinct shapes small, so oneDNN reuses its kernels instead
+    of building new ones for every length.
+    """
     rows = [data.input_ids[i] for i in idx]
-    width = max(len(r) for r in rows)
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):

@@ -14,6 +14,7 @@ from lmtune.data.collate import Encoded, encode
 from lmtune.errors import LmtuneError
 from lmtune.eval.run import evaluate, predict_proba
 from lmtune.models.io import load_saved
+from lmtune.models.load import attention_impl
 
 
 class Predictor:
@@ -30,7 +31,9 @@ class Predictor:
             trust = self.config.trust_remote_code
         else:  # a bare HF model dir (full fine-tune) has no base to resolve
             self.config, model_dir, base, trust = None, path, str(path), False
-        self.model, self.tokenizer = load_saved(model_dir, base, trust)
+        attention = attention_impl(self.config.attention if self.config else "auto",
+                                   dist.device_type())
+        self.model, self.tokenizer = load_saved(model_dir, base, trust, attention)
         id2label = self.model.config.id2label
         self.label_names = [id2label[i] for i in range(len(id2label))]
         self.max_length = self.config.train.max_length if self.config else 512

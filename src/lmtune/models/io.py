@@ -30,7 +30,8 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> None:
                            "safetensors only")
 
 
-def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool):
+def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
+               attention: str = "sdpa"):
     """(model, tokenizer) from a saved model dir; adapters are applied to their base model."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -43,9 +44,10 @@ def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool):
 
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(base_model), config=config, trust_remote_code=trust_remote_code)
+            resolve_model(base_model), config=config, trust_remote_code=trust_remote_code,
+            attn_implementation=attention)
         model = PeftModel.from_pretrained(base, model_dir)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, trust_remote_code=trust_remote_code)
+            model_dir, trust_remote_code=trust_remote_code, attn_implementation=attention)
     return model.eval(), tokenizer

@@ -80,8 +80,12 @@ def load_classifier(path: str, label_names: list[str], trust_remote_code: bool,
 
 
 def _hub_call(path: str, fn):
+    from transformers.utils import logging as hf_logging
+
     if not Path(path).exists():
         check_hub_reachable(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the new head as MISSING: expected
     try:
         return fn()
     except ValueError as e:
@@ -93,3 +97,5 @@ def _hub_call(path: str, fn):
     except OSError as e:
         raise LmtuneError(f"model {path!r}: could not be loaded: {str(e).splitlines()[0]}") \
             from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

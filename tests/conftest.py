@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny random BERT (2 layers, hidden 32) saved as a local HF model dir,
+and a small synthetic sentiment dataset. Nothing is downloaded."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # a busy second core slows tiny matmuls badly; keep tests steady
+
+POSITIVE = ["good", "great", "superb", "lovely", "moving", "brilliant", "fun", "smart"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "weak", "messy", "tedious"]
+FILLER = ["the", "film", "movie", "was", "a", "plot", "actors", "story", "really", "quite",
+          "and", "its", "script", "ending", "music", "very"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Rows whose label is decided by one sentiment word among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.sample(FILLER, rng.randint(3, 9))
+        words.insert(rng.randrange(len(words) + 1),
+                     rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random 2-layer BERT classifier base with a word-level vocab, as a local model dir."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    words = SPECIALS + POSITIVE + NEGATIVE + FILLER
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    assert tok("great film")["input_ids"] == [2, words.index("great"), words.index("film"), 3]
+    config = BertConfig(vocab_size=len(SPECIALS + POSITIVE + NEGATIVE + FILLER),
+                        hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", sentiment_rows(240))
+
+
+@pytest.fixture
+def tiny_overrides(tiny_bert, sentiment_csv, tmp_path) -> list[str]:
+    """Overrides for a fast, deterministic fp32 run of the tiny model."""
+    return [f"model={tiny_bert}", f"data.train={sentiment_csv}",
+            f"output_dir={tmp_path / 'run'}", "train.threads=1", "train.precision=fp32",
+            "train.batch_size=16", "train.lr=3e-3", "train.epochs=4", "train.warmup=0",
+            "train.log_every=1"]

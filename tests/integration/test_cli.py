@@ -1,0 +1,92 @@
+"""The CLI: exit codes, clean errors, nothing half-written, eval and predict on a saved run."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmtune.cli import main
+from tests.conftest import sentiment_rows, write_csv
+
+
+def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\ngood,pos\nbad film,neg,oops\n")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "train", f"model={tiny_bert}",
+                           f"data.train={bad}", f"output_dir={out}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"error: {bad}:3: expected 2 fields" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "train.lrr=1"], "Did you mean 'train.lr'"),
+    (["train", "model=./no/such/dir"], "directory not found"),
+    (["train", "data.train=missing.csv"], "missing.csv: file not found"),
+    (["predict", "/nonexistent-run"], "not a run dir or model dir"),
+])
+def test_cli_errors_exit_2(args, fragment, capsys):
+    assert main(args) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_different_config_is_not_overwritten(tiny_overrides, tmp_path, capsys):
+    assert main(["train", "--quiet", *tiny_overrides, "train.max_steps=2"]) == 0
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["train", "--quiet", *tiny_overrides, "train.max_steps=3"]) == 2
+    assert "holds a run with a different config" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    assert main(["train", "--quiet", *tiny_overrides, "train.max_steps=2"]) == 0  # same: ok
+    assert main(["train", "--quiet", *tiny_overrides, "train.max_steps=3",
+                 "overwrite=true"]) == 0
+
+
+def test_train_eval_predict(tiny_overrides, tmp_path, capsys):
+    assert main(["train", "--quiet", *tiny_overrides]) == 0
+    run = tmp_path / "run"
+    other = write_csv(tmp_path / "other.csv", sentiment_rows(50, seed=9))
+    preds = tmp_path / "preds.jsonl"
+    capsys.readouterr()
+    assert main(["eval", str(run), f"data.test={other}", "--json", str(tmp_path / "e.json"),
+                 "--output", str(preds)]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy" in table and "confusion matrix" in table and "majority baseline" in table
+    metrics = json.loads((tmp_path / "e.json").read_text())["test"]
+    assert metrics["n"] == 50 and metrics["accuracy"] >= 0.9
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 50 and {"text", "label", "score"} <= set(lines[0])
+
+    assert main(["predict", str(run), "a great film", "a dull film", "--jsonl"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [o["label"] for o in out] == ["pos", "neg"]
+    txt = tmp_path / "in.txt"
+    txt.write_text("superb story\n\nawful plot\n")
+    assert main(["predict", str(run), "--input", str(txt)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["label", "score", "text"] and len(table) == 3
+    assert table[1].startswith("pos") and table[2].startswith("neg")
+
+
+def test_help_lists_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "data.text_column" in out and "peak learning rate" in out
+
+
+def test_python_api_on_lists(tiny_bert, tmp_path):
+    import lmtune
+
+    rows = sentiment_rows(200, seed=4)
+    clf = lmtune.fine_tune([r["text"] for r in rows], [r["label"] for r in rows],
+                           model=str(tiny_bert), output_dir=str(tmp_path / "api"),
+                           overrides=["train.threads=1", "train.lr=3e-3", "train.epochs=6",
+                                      "train.batch_size=16", "train.warmup=0"],
+                           progress=False)
+    assert clf.result.test["accuracy"] >= 0.9
+    assert clf("a brilliant movie")["label"] == "pos"
+    again = lmtune.pipeline(tmp_path / "api")
+    assert again(["a boring movie"])[0]["label"] == "neg"

@@ -1,0 +1,101 @@
+import random
+
+import pytest
+import torch
+
+from lmtune.config import DataConfig
+from lmtune.data.collate import Encoded, collate, epoch_batches, eval_batches
+from lmtune.data.load import LabeledSet, label_name, label_order, load_splits, stratified_split
+from lmtune.data.readers import from_lists
+
+
+def test_collate_pads_dynamically_to_a_multiple_of_8():
+    data = Encoded([[5, 6, 7], [5] * 10, [9]], labels=[1, 0, 1])
+    b = collate(data, [0, 2], pad_id=0)
+    assert b["input_ids"].shape == (2, 8)  # longest is 3, rounded up to 8
+    assert b["input_ids"][0, :3].tolist() == [5, 6, 7] and b["input_ids"][0, 3:].eq(0).all()
+    assert b["attention_mask"].sum(1).tolist() == [3, 1]
+    assert b["labels"].tolist() == [1, 1]
+    assert collate(data, [1], pad_id=0)["input_ids"].shape == (1, 16)
+
+
+def test_epoch_batches_cover_every_row_once_and_are_seeded():
+    lengths = [random.Random(i).randint(1, 60) for i in range(1000)]
+    a = epoch_batches(lengths, 32, seed=1, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(1000))
+    assert a == epoch_batches(lengths, 32, seed=1, epoch=0)
+    assert a != epoch_batches(lengths, 32, seed=1, epoch=1)
+    assert a != epoch_batches(lengths, 32, seed=2, epoch=0)
+
+
+def test_length_grouping_cuts_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 80) for _ in range(4096)]
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    grouped = padded(epoch_batches(lengths, 32, 0, 0, group_by_length=True))
+    shuffled = padded(epoch_batches(lengths, 32, 0, 0, group_by_length=False))
+    assert grouped < 0.7 * shuffled
+    assert sum(lengths) / grouped > 0.95  # nearly no padding left
+
+
+def test_eval_batches_sorted_and_complete():
+    lengths = [5, 1, 9, 3]
+    batches = eval_batches(lengths, 3)
+    assert batches == [[1, 3, 0], [2]]
+
+
+@pytest.mark.parametrize("value, name", [(1, "1"), (1.0, "1"), ("1", "1"), (" pos ", "pos"),
+                                         (True, "true"), (None, None), ("", None),
+                                         (float("nan"), None), ([1], None)])
+def test_label_names_normalize(value, name):
+    assert label_name(value) == name
+
+
+def test_label_order_numeric_then_alpha():
+    assert label_order({"10", "2", "1"}) == ["1", "2", "10"]
+    assert label_order({"rotten", "fresh"}) == ["fresh", "rotten"]
+
+
+def test_label_map_matches_sorted_labels():
+    table = from_lists({"text": [f"t{i}" for i in range(60)],
+                        "label": [["b", "a", "c"][i % 3] for i in range(60)]})
+    s = load_splits(DataConfig(), seed=0, train_table=table)
+    assert s.label_names == ["a", "b", "c"] and s.label2id == {"a": 0, "b": 1, "c": 2}
+
+
+def test_stratified_split_keeps_class_shares_and_is_seeded():
+    labels = ["a"] * 800 + ["b"] * 200
+    part = LabeledSet("x", [f"t{i}" for i in range(1000)], labels)
+    rest, carved = stratified_split(part, {"validation": 0.1, "test": 0.1}, seed=3)
+    for name, s in carved.items():
+        assert len(s) == 100 and s.labels.count("b") == 20
+    assert len(rest) == 800
+    all_texts = rest.texts + carved["validation"].texts + carved["test"].texts
+    assert sorted(all_texts) == sorted(part.texts)  # disjoint and complete
+    again = stratified_split(part, {"validation": 0.1, "test": 0.1}, seed=3)[1]
+    assert again["test"].texts == carved["test"].texts
+
+
+def test_rotten_tomatoes_split_by_movie():
+    from lmtune.data.builtin import rotten_tomatoes
+
+    parts = rotten_tomatoes(seed=42)
+    movies = {k: {r["movie"] for r in t.rows} for k, t in parts.items()}
+    assert not movies["train"] & movies["test"] and not movies["train"] & movies["validation"]
+    assert not movies["validation"] & movies["test"]
+    texts = [r["text"] for t in parts.values() for r in t.rows]
+    assert len(texts) == len(set(texts)) > 12_000  # reviews only, deduplicated
+    assert {r["label"] for t in parts.values() for r in t.rows} == {"fresh", "rotten"}
+    n = len(texts)
+    for name, share in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+        assert abs(len(parts[name].rows) / n - share) < 0.02
+        fresh = sum(r["label"] == "fresh" for r in parts[name].rows) / len(parts[name].rows)
+        assert 0.52 < fresh < 0.64  # about the corpus's 58% fresh in every split
+
+
+def test_encoded_labels_tensor_dtype():
+    b = collate(Encoded([[1, 2]], [0]), [0], 0)
+    assert b["input_ids"].dtype == torch.long and b["labels"].dtype == torch.long

@@ -1,0 +1,44 @@
+import math
+
+import pytest
+
+from lmtune.eval.metrics import classification_metrics, confusion_matrix, majority_baseline
+from lmtune.optim import lr_factor
+
+
+def test_confusion_and_metrics_by_hand():
+    # true: a a a b b c ; pred: a a b b c c
+    m = confusion_matrix([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3)
+    assert m == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    r = classification_metrics(m, ["a", "b", "c"])
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    # a: P=2/2 R=2/3 F1=0.8 ; b: P=1/2 R=1/2 F1=0.5 ; c: P=1/2 R=1 F1=2/3
+    assert r["per_class"]["a"] == pytest.approx({"precision": 1.0, "recall": 2 / 3,
+                                                 "f1": 0.8, "support": 3})
+    assert r["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    assert r["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+    assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert r["n"] == 6
+
+
+def test_collapsed_classifier_scores_zero_f1_for_the_ignored_class():
+    m = confusion_matrix([0, 0, 1, 1], [0, 0, 0, 0], 2)
+    r = classification_metrics(m, ["x", "y"])
+    assert r["accuracy"] == 0.5
+    assert r["per_class"]["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert r["macro_f1"] == pytest.approx((2 / 3) / 2)
+
+
+def test_majority_baseline():
+    assert majority_baseline(["a", "a", "b"], ["a", "b", "b", "b"]) == 0.25
+    assert majority_baseline(["a", "b"], ["a"]) == 1.0  # tie: the smaller label
+    assert math.isnan(majority_baseline(["a"], []))
+
+
+def test_lr_schedule_shapes():
+    assert [lr_factor(s, 4, 10, "linear") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 10, "linear") == 1.0 and lr_factor(10, 4, 10, "linear") == 0.0
+    assert lr_factor(7, 4, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(7, 4, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(5, 4, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    assert lr_factor(9, 0, 10, "constant") == 1.0
