@@ -72,11 +72,11 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = opt(3.0, "passes over the training data (fractions allowed)")
+    epochs: float = opt(1.5, "passes over the training data (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: use epochs)")
     batch_size: int = opt(32, "samples per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(5e-5, "peak learning rate")
+    lr: float = opt(1e-4, "peak learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")

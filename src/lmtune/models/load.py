@@ -95,7 +95,8 @@ def _hub_call(path: str, fn):
                               "trust)") from None
         raise
     except OSError as e:
-        raise LmtuneError(f"model {path!r}: could not be loaded: {str(e).splitlines()[0]}") \
+        raise LmtuneError(f"model {path!r}: could not be loaded from disk or the hub: "
+                          f"{str(e).splitlines()[0]}") \
             from None
     finally:
         hf_logging.set_verbosity(verbosity)

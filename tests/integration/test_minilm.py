@@ -1,0 +1,61 @@
+"""Integration on the real shipped MiniLM and Rotten Tomatoes (small subsets, few steps)."""
+import json
+import time
+
+import pytest
+import torch
+
+from lmtune.config import load_config
+from lmtune.data.builtin import rotten_tomatoes
+from lmtune.data.readers import from_lists
+from lmtune.errors import LmtuneError
+from lmtune.infer.predict import Predictor
+from lmtune.models.load import load_classifier, resolve_model
+from lmtune.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rt_subset():
+    rows = rotten_tomatoes(seed=42)["train"].rows[:320]
+    return from_lists({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_minilm_trains_saves_and_reloads(rt_subset, tmp_path, method):
+    cfg = load_config(None, [f"method={method}", f"output_dir={tmp_path}/run",
+                             "train.max_steps=6", "train.batch_size=16", "train.threads=1",
+                             "train.log_every=1", "train.lr=1e-4"])
+    result = train(cfg, train_table=rt_subset, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "split" not in r]) == 6
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert result.test is not None and 0 <= result.test["accuracy"] <= 1
+    model_dir = tmp_path / "run" / "model"
+    if method == "lora":
+        assert (model_dir / "adapter_model.safetensors").exists()
+        assert json.loads((model_dir / "adapter_config.json").read_text())["r"] == 16
+    else:
+        assert (model_dir / "model.safetensors").exists()
+    clf = Predictor(tmp_path / "run")
+    texts = ["An utterly charming, beautifully acted film.", "A tedious, lifeless mess."]
+    first, second = clf(texts), clf(texts)
+    assert first == second and {p["label"] for p in first} <= {"fresh", "rotten"}
+
+
+def test_minilm_label_map_in_config():
+    model = load_classifier(resolve_model("minilm"), ["fresh", "rotten"], False)
+    assert model.config.id2label == {0: "fresh", 1: "rotten"}
+    assert model.config.num_labels == 2
+
+
+def test_hub_id_offline_fails_fast_and_clearly():
+    start = time.monotonic()
+    with pytest.raises(LmtuneError, match="hub"):
+        load_classifier("lmtune-nonexistent-org/no-such-model", ["a", "b"], False)
+    assert time.monotonic() - start < 30
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert load_config().trust_remote_code is False
