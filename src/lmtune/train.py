@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,12 @@ def fit(s: Setup, progress: bool = True) -> FitState:
     pad_id = s.tokenizer.pad_token_id or 0
     lengths = [len(x) for x in s.data["train"].input_ids]
     bar = tqdm(total=s.total_steps, desc="train", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30,  # keep piped logs short
                disable=not progress or not s.accelerator.is_main_process)
     s.model.train()
     epoch, start = 0, time.perf_counter()
-    window_loss, window_samples, window_start = torch.zeros(()), 0, start
+    zero = torch.zeros((), device=s.accelerator.device)  # the loss stays on device: no sync
+    window_loss, window_samples, window_start = zero.clone(), 0, start
     while state.step < s.total_steps:
         batches = epoch_batches(lengths, tc.batch_size, cfg.seed, epoch, tc.group_by_length)
         for g in range(0, len(batches), tc.grad_accum):
@@ -144,7 +147,7 @@ def fit(s: Setup, progress: bool = True) -> FitState:
                 s.logger.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                 sps=f"{row['samples_per_s']:.0f}")
-                window_loss, window_samples, window_start = torch.zeros(()), 0, now
+                window_loss, window_samples, window_start = zero.clone(), 0, now
             if tc.eval_every and state.step % tc.eval_every == 0:
                 validate(s, state, epoch)
             if state.step >= s.total_steps:
@@ -189,7 +192,7 @@ def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return total.cpu()
+    return total
 
 
 def validate(s: Setup, state: FitState, epoch: int) -> None:

@@ -28,7 +28,8 @@ def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
     (["train", "data.train=missing.csv"], "missing.csv: file not found"),
     (["predict", "/nonexistent-run"], "not a run dir or model dir"),
 ])
-def test_cli_errors_exit_2(args, fragment, capsys):
+def test_cli_errors_exit_2(args, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output_dir is relative: keep it out of the repo
     assert main(args) == 2
     assert fragment in capsys.readouterr().err
 

@@ -1,6 +1,8 @@
 """Fine-tuning methods: which parameters train. Adapters come from peft, by module name."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -38,7 +40,9 @@ def apply_lora(model: nn.Module, cfg: Config) -> nn.Module:
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                       lora_dropout=cfg.lora.dropout, target_modules=targets)
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, lora)
     except ValueError as e:  # no module matched target_modules
         raise LmtuneError(f"lora.target_modules: {e}") from None
 
