@@ -97,11 +97,12 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
                          [label2id[x] for x in part.labels])
             for name, part in (("train", splits.train), ("validation", splits.validation),
                                ("test", splits.test)) if part is not None}
-    batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
-    steps_per_epoch = math.ceil(batches / cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
-
     accelerator = dist.make_accelerator()
+    batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
+    steps_per_epoch = max(1, batches // accelerator.num_processes) \
+        if accelerator.num_processes > 1 else batches
+    steps_per_epoch = math.ceil(steps_per_epoch / cfg.train.grad_accum)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours
@@ -128,11 +129,16 @@ def fit(s: Setup, progress: bool = True) -> FitState:
     epoch, start = 0, time.perf_counter()
     zero = torch.zeros((), device=s.accelerator.device)  # the loss stays on device: no sync
     window_loss, window_samples, window_start = zero.clone(), 0, start
+    world, rank = s.accelerator.num_processes, s.accelerator.process_index
+    per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
     while state.step < s.total_steps:
         batches = epoch_batches(lengths, tc.batch_size, cfg.seed, epoch, tc.group_by_length)
-        for g in range(0, len(batches), tc.grad_accum):
-            group = batches[g:g + tc.grad_accum]
-            window_loss += train_step(s, group, pad_id)
+        if world > 1:  # every rank needs a micro-batch in every step, or DDP waits forever
+            batches = batches[:len(batches) // world * world]
+        for g in range(0, len(batches), per_step):
+            group = batches[g:g + per_step]
+            # Rank r takes micro-batches r, r+world, ...: disjoint shards of the same step.
+            window_loss += train_step(s, group[rank::world], sum(map(len, group)), pad_id)
             state.step += 1
             n = sum(map(len, group))
             state.samples += n
@@ -140,6 +146,8 @@ def fit(s: Setup, progress: bool = True) -> FitState:
             bar.update(1)
             if state.step % tc.log_every == 0 or state.step == s.total_steps:
                 now = time.perf_counter()
+                if world > 1:  # each rank holds its share of the loss; every rank joins
+                    window_loss = s.accelerator.reduce(window_loss, reduction="sum")
                 row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
                        "loss": window_loss.item() / max(1, _steps_in_window(state, tc)),
                        "lr": s.scheduler.get_last_lr()[0],
@@ -167,14 +175,16 @@ def _steps_in_window(state: FitState, tc) -> int:
     return (state.step - 1) % tc.log_every + 1
 
 
-def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
-    """One optimizer step over the micro-batches in `group`; returns the step's mean loss.
+def train_step(s: Setup, group: list[list[int]], n: int, pad_id: int) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches `group`; returns its loss share.
 
-    Each micro-batch's summed loss is divided by the sample count of the *whole* group, so
-    accumulating k micro-batches gives the same gradient as one batch k times larger (a
-    short last micro-batch weighs by its size, not as a full one).
+    Each micro-batch's summed loss is divided by `n`, the sample count of the *whole*
+    effective batch over all ranks, and multiplied by the world size because DDP averages
+    gradients over ranks. So k accumulated micro-batches, or k ranks, give the same gradient
+    as one batch k times larger (a short micro-batch weighs by its size, not as a full one).
+    Summed over ranks, the returned values are the step's mean loss.
     """
-    n = sum(map(len, group))
+    scale = s.accelerator.num_processes / n
     device = s.accelerator.device
     total = torch.zeros((), device=device)
     for j, idx in enumerate(group):
@@ -184,9 +194,9 @@ def train_step(s: Setup, group: list[list[int]], pad_id: int) -> torch.Tensor:
             with dist.autocast(s.precision):
                 logits = s.model(input_ids=batch["input_ids"],
                                  attention_mask=batch["attention_mask"]).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") / n
+            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") * scale
             s.accelerator.backward(loss)
-        total += loss.detach()
+        total += loss.detach() / s.accelerator.num_processes
     if s.cfg.train.max_grad_norm:
         s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.train.max_grad_norm)
     s.optimizer.step()
