@@ -74,7 +74,8 @@ class DataConfig:
 class TrainConfig:
     epochs: float = opt(1.5, "passes over the training data (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: use epochs)")
-    batch_size: int = opt(32, "samples per micro-batch")
+    batch_size: int = opt(32, "samples per micro-batch and process (global batch: "
+                          "batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(1e-4, "peak learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
