@@ -24,6 +24,7 @@ from lmtune.config import Config
 from lmtune.data.collate import Encoded, collate, encode, epoch_batches
 from lmtune.data.load import Splits, load_splits
 from lmtune.data.readers import Table
+from lmtune.errors import LmtuneError
 from lmtune.eval.run import evaluate
 from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_classifier, load_tokenizer, resolve_model
@@ -90,6 +91,10 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     model = load_classifier(model_path, splits.label_names, cfg.trust_remote_code,
                             attention_impl(cfg.attention, dist.device_type()))
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and cfg.train.max_length > limit:
+        raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
+                          f"{limit} positions {cfg.model} was trained with")
     model = apply_method(model, cfg)
 
     label2id = splits.label2id

@@ -38,9 +38,14 @@ def check_hub_reachable(name: str) -> None:
     Without this, transformers retries for about a minute before a generic OSError.
     """
     from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
-        return  # cached: from_pretrained can work offline
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: from_pretrained can work offline
+    except HFValidationError as e:
+        raise LmtuneError(f"model {name!r}: not a local dir, an alias "
+                          f"({', '.join(ALIASES)}) or a valid hub id ({e})") from None
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=5).close()
