@@ -50,7 +50,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     assert tok("great film")["input_ids"] == [2, words.index("great"), words.index("film"), 3]
     config = BertConfig(vocab_size=len(SPECIALS + POSITIVE + NEGATIVE + FILLER),
                         hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64,
+                        intermediate_size=64, max_position_embeddings=128,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(d)
