@@ -68,14 +68,15 @@ def test_save_load_predict_round_trip_is_exact(tiny_overrides, tmp_path, method)
 
 
 def test_lora_trains_only_adapters_and_head(tiny_overrides):
-    s, result, changed, trainable = run(tiny_overrides, ["method=lora", "lora.r=4",
-                                                         "train.lr=1e-2", "train.epochs=10"])
+    s, result, changed, trainable = run(tiny_overrides, ["method=lora", "lora.r=8",
+                                                         "lora.dropout=0", "train.lr=5e-3",
+                                                         "train.epochs=10"])
     assert changed == trainable
     assert all("lora_" in n or "classifier" in n for n in trainable)
     assert any("lora_A" in n for n in trainable) and any("classifier" in n for n in trainable)
-    curve = losses(s.out)  # a frozen *random* base limits accuracy; the adapters must learn
-    assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5, curve
-    assert result.test["accuracy"] >= 0.7
+    curve = losses(s.out)
+    assert sum(curve[-5:]) / 5 < 0.5 * sum(curve[:5]) / 5, curve
+    assert result.test["accuracy"] >= 0.8
 
 
 def test_freeze_trains_head_and_top_layers_only(tiny_overrides):
