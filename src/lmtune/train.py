@@ -49,6 +49,13 @@ class Setup:
     out: Path
     logger: object
 
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def autocast(self):
+        return dist.autocast(self.precision)
+
 
 @dataclass
 class FitState:
@@ -125,7 +132,6 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
 
 def fit(s: Setup, progress: bool = True) -> FitState:
     cfg, tc, state = s.cfg, s.cfg.train, FitState()
-    pad_id = s.tokenizer.pad_token_id or 0
     lengths = [len(x) for x in s.data["train"].input_ids]
     bar = tqdm(total=s.total_steps, desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30,  # keep piped logs short
@@ -143,9 +149,9 @@ def fit(s: Setup, progress: bool = True) -> FitState:
         for g in range(0, len(batches), per_step):
             group = batches[g:g + per_step]
             # Rank r takes micro-batches r, r+world, ...: disjoint shards of the same step.
-            window_loss += train_step(s, group[rank::world], sum(map(len, group)), pad_id)
-            state.step += 1
             n = sum(map(len, group))
+            window_loss += train_step(s, group[rank::world], n)
+            state.step += 1
             state.samples += n
             window_samples += n
             bar.update(1)
@@ -180,7 +186,7 @@ def _steps_in_window(state: FitState, tc) -> int:
     return (state.step - 1) % tc.log_every + 1
 
 
-def train_step(s: Setup, group: list[list[int]], n: int, pad_id: int) -> torch.Tensor:
+def train_step(s: Setup, group: list[list[int]], n: int) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches `group`; returns its loss share.
 
     Each micro-batch's summed loss is divided by `n`, the sample count of the *whole*
@@ -193,10 +199,10 @@ def train_step(s: Setup, group: list[list[int]], n: int, pad_id: int) -> torch.T
     device = s.accelerator.device
     total = torch.zeros((), device=device)
     for j, idx in enumerate(group):
-        batch = {k: v.to(device) for k, v in collate(s.data["train"], idx, pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(s.data["train"], idx, s.pad_id).items()}
         last = j == len(group) - 1
         with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
-            with dist.autocast(s.precision):
+            with s.autocast():
                 logits = s.model(input_ids=batch["input_ids"],
                                  attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") * scale
@@ -213,8 +219,7 @@ def train_step(s: Setup, group: list[list[int]], n: int, pad_id: int) -> torch.T
 def validate(s: Setup, state: FitState, epoch: int) -> None:
     """Evaluate on the validation split; keep a copy of the best trainable weights."""
     metrics = evaluate(s.model, s.data["validation"], s.splits.label_names,
-                       s.cfg.eval.batch_size, s.tokenizer.pad_token_id or 0,
-                       lambda: dist.autocast(s.precision))
+                       s.cfg.eval.batch_size, s.pad_id, s.autocast)
     state.last_eval_step = state.step
     name = s.cfg.eval.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation",
@@ -238,7 +243,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
     test = None
     if "test" in s.data:
         test = evaluate(s.model, s.data["test"], s.splits.label_names, s.cfg.eval.batch_size,
-                        s.tokenizer.pad_token_id or 0, lambda: dist.autocast(s.precision))
+                        s.pad_id, s.autocast)
         s.logger.log({"step": state.step, "split": "test", "loss": test["loss"],
                       "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]})
     s.accelerator.wait_for_everyone()

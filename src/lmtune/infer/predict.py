@@ -41,6 +41,9 @@ class Predictor:
         self.precision = dist.resolve_precision(precision)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
+    def autocast(self):
+        return dist.autocast(self.precision)
+
     def encode(self, texts: list[str], labels: list[str] | None = None) -> Encoded:
         label2id = {name: i for i, name in enumerate(self.label_names)}
         ids = [label2id[x] for x in labels] if labels is not None else None
@@ -51,7 +54,7 @@ class Predictor:
         if not texts:
             return []
         probs = predict_proba(self.model, self.encode(texts), self.batch_size, self.pad_id,
-                              lambda: dist.autocast(self.precision))
+                              self.autocast)
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
@@ -61,7 +64,7 @@ class Predictor:
 
     def evaluate(self, texts: list[str], labels: list[str]) -> dict:
         return evaluate(self.model, self.encode(texts, labels), self.label_names,
-                        self.batch_size, self.pad_id, lambda: dist.autocast(self.precision))
+                        self.batch_size, self.pad_id, self.autocast)
 
     def __call__(self, texts: str | list[str]) -> dict | list[dict]:
         if isinstance(texts, str):
