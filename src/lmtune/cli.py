@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from lmtune.errors import LmtuneError
+from lmtune.errors import Interrupted, LmtuneError
 
 DESCRIPTION = "lmtune: efficient fine-tuning of language models."
 
@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]",
                    help="an optional YAML config, then dotted overrides")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("resume", help="continue a stopped run from its newest valid checkpoint",
+                       formatter_class=fmt, description="Continue a run exactly where its "
+                       "newest valid checkpoint left it. Example:\n  lmtune resume runs/default")
+    r.add_argument("run_dir", help="a run dir written by `lmtune train`")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a saved run on its test split or new data",
                        formatter_class=fmt, description="Evaluate a run. Examples:\n  "
@@ -64,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}[args.command](args)
+        return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
+                "predict": cmd_predict}[args.command](args)
     except LmtuneError as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Interrupted as e:  # a signal stopped training after a checkpoint
+        where = e.checkpoint.parent.parent if e.checkpoint else "RUN_DIR"
+        print(f"{e}\nresume with: lmtune resume {where}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -86,6 +97,19 @@ def cmd_train(args) -> int:
         raise LmtuneError(f"command line: expected key=value, got {bad[0]!r} (only the first "
                           "argument may be a config file)")
     cfg = load_config(path, items)
+    train(cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from lmtune.config import load_config
+    from lmtune.train import train
+
+    saved = Path(args.run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise LmtuneError(f"{args.run_dir}: not a run dir (no config.yaml)")
+    cfg = load_config(saved, [f"output_dir={args.run_dir}", "resume=true",
+                                 "overwrite=false"])
     train(cfg, progress=not args.quiet)
     return 0
 

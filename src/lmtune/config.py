@@ -89,13 +89,16 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: at each epoch end)")
     log_every: int = opt(10, "write a metrics.jsonl row every N optimizer steps")
     threads: int = opt(0, "CPU threads for torch (0: one per physical core)")
+    checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
+                                "epoch ends and on SIGTERM/SIGINT)")
+    keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
-        for key in ("batch_size", "grad_accum", "max_length", "log_every"):
+        for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
             _positive(key, getattr(self, key))
         for key in ("max_steps", "eval_every", "threads", "warmup", "weight_decay",
-                    "max_grad_norm"):
+                    "max_grad_norm", "checkpoint_every"):
             _positive(key, getattr(self, key), allow_zero=True)
         _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -144,6 +147,7 @@ class Config:
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
     overwrite: bool = opt(False, "replace an existing run dir that holds a different config")
+    resume: bool = opt(False, "continue from the newest valid checkpoint in output_dir")
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
     attention: str = opt("auto", "attention implementation: auto (eager on CPU, where it "
                          "trains MiniLM 1.3x faster than sdpa; sdpa on GPU), eager, sdpa")
@@ -159,6 +163,9 @@ class Config:
         _choice("attention", self.attention, ATTENTION)
         if not self.model:
             raise ConfigError("model", "must name a model dir, hub id or alias")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume", "resume=true continues a run and overwrite=true "
+                              "replaces it; set only one")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,17 @@ class LmtuneError(Exception):
     exit_code = 2
 
 
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; exit 128 + signum."""
+
+    def __init__(self, signum: int, checkpoint: object):
+        import signal
+
+        self.exit_code = 128 + signum
+        self.checkpoint = checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint: {checkpoint}")
+
+
 def where(path: object, line: int | None = None) -> str:
     """Format a location as `path:line` (or just `path`) for error messages."""
     return f"{path}:{line}" if line is not None else str(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +53,8 @@ def atomic_save_dir(final: Path, write: Callable[[Path], None]) -> None:
 
 
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg_dict.items() if k != "overwrite"}
+    # These say how to treat the run dir, not what the run is.
+    return {k: v for k, v in cfg_dict.items() if k not in ("overwrite", "resume", "output_dir")}
 
 
 def check_run_dir(cfg: Config) -> Path:
@@ -70,15 +72,46 @@ def check_run_dir(cfg: Config) -> Path:
         except (yaml.YAMLError, UnicodeDecodeError):
             old = None
         if not isinstance(old, dict) or _comparable(old) != _comparable(cfg.to_dict()):
+            if cfg.resume:
+                raise LmtuneError(f"output_dir {out}: resume=true needs the config the run "
+                                  f"started with (see {old_cfg}); this one differs")
             raise LmtuneError(f"output_dir {out}: holds a run with a different config; choose "
                               "another output_dir or set overwrite=true to replace it")
     return out
 
 
 def start_run_dir(cfg: Config) -> Path:
-    """Create the run dir and write config.yaml; a fresh metrics.jsonl starts empty."""
+    """Create the run dir and write config.yaml; a fresh run starts with an empty
+    metrics.jsonl and no checkpoints (an old run's would resume into the wrong config)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config_yaml(cfg))
     (out / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out
+
+
+def rewind_metrics(path: Path, step: int) -> None:
+    """Keep the training rows of `metrics.jsonl` up to `step`, for a run resumed there.
+
+    Rows past `step` come again from the resumed run. A torn last line (a crash in the middle
+    of a write) is dropped with a warning instead of breaking every later reader.
+    """
+    if not path.exists():
+        return
+    kept = []
+    lines = path.read_bytes().split(b"\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            if i == len(lines) - 1 or not any(x.strip() for x in lines[i + 1:]):
+                print(f"warning: {path}:{i + 1}: dropped a torn last line", file=sys.stderr)
+                continue
+            raise LmtuneError(f"{path}:{i + 1}: not valid JSON; cannot resume its log") \
+                from None
+        if isinstance(row, dict) and row.get("step", 0) <= step and row.get("split") != "test":
+            kept.append(json.dumps(row) + "\n")
+    atomic_write_text(path, "".join(kept))

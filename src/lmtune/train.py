@@ -2,8 +2,10 @@
 
     setup   validate data, load tokenizer + model, apply the method, tokenize once,
             build optimizer + schedule, prepare with accelerate
-    fit     for each optimizer step: k micro-batches (loss normalized over the whole
-            effective batch) → clip → step → schedule; log; evaluate; keep the best
+    fit     [resume from the newest valid checkpoint] for each optimizer step: k micro-
+            batches (loss normalized over the whole effective batch) → clip → step →
+            schedule; log; evaluate; keep the best; checkpoint every N steps, at epoch
+            ends, and on SIGTERM/SIGINT (then stop)
     finish  restore the best weights, test, save model/ and eval.json, print a summary
 """
 from __future__ import annotations
@@ -19,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmtune import dist, rundir
+from lmtune import checkpoint, dist, rundir
 from lmtune.config import Config
 from lmtune.data.collate import Encoded, collate, encode, epoch_batches
 from lmtune.data.load import Splits, load_splits
 from lmtune.data.readers import Table
-from lmtune.errors import LmtuneError
+from lmtune.errors import Interrupted, LmtuneError
 from lmtune.eval.run import evaluate
 from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_classifier, load_tokenizer, resolve_model
@@ -48,6 +50,7 @@ class Setup:
     steps_per_epoch: int
     out: Path
     logger: object
+    resumed: checkpoint.Loaded | None = None
 
     @property
     def pad_id(self) -> int:
@@ -59,12 +62,21 @@ class Setup:
 
 @dataclass
 class FitState:
+    """Where the loop is. Everything but `best_weights` goes into a checkpoint's progress."""
     step: int = 0
+    epoch: int = 0
+    batch: int = 0  # index in this epoch's batch list where the next step starts
     samples: int = 0
     seconds: float = 0.0
     best: dict = field(default_factory=dict)  # {"step", metric name: value}
-    best_weights: dict | None = None
     last_eval_step: int = -1
+    window_loss: float = 0.0  # the not yet logged part of the loss window
+    window_samples: int = 0
+    best_weights: dict | None = None
+
+    def progress(self, world_size: int) -> dict:
+        row = {k: v for k, v in vars(self).items() if k != "best_weights"}
+        return {**row, "world_size": world_size}
 
 
 @dataclass
@@ -118,67 +130,159 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours
+    resumed = None
+    if cfg.resume:
+        resumed = checkpoint.load_latest(out / "checkpoints", accelerator.process_index,
+                                         accelerator.num_processes)
+        if resumed is None and accelerator.is_main_process:
+            print(f"resume: no valid checkpoint in {out / 'checkpoints'}; starting at step 0",
+                  file=sys.stderr)
+    logger = NullLogger()
     if accelerator.is_main_process:
-        out = rundir.start_run_dir(cfg)
+        if resumed is None:
+            out = rundir.start_run_dir(cfg)
+        else:
+            rundir.rewind_metrics(out / "metrics.jsonl", resumed.progress["step"])
         logger = JsonlLogger(out / "metrics.jsonl")
-    else:
-        logger = NullLogger()
     return Setup(cfg, splits, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger)
+                 precision, total_steps, steps_per_epoch, out, logger, resumed)
 
 
 # ------------------------------------------------------------------------------- fit
 
 
 def fit(s: Setup, progress: bool = True) -> FitState:
-    cfg, tc, state = s.cfg, s.cfg.train, FitState()
+    cfg, tc = s.cfg, s.cfg.train
+    state = start_state(s)
     lengths = [len(x) for x in s.data["train"].input_ids]
-    bar = tqdm(total=s.total_steps, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30,  # keep piped logs short
-               disable=not progress or not s.accelerator.is_main_process)
+    bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
+               disable=not progress or not s.accelerator.is_main_process)  # short piped logs
     s.model.train()
-    epoch, start = 0, time.perf_counter()
-    zero = torch.zeros((), device=s.accelerator.device)  # the loss stays on device: no sync
-    window_loss, window_samples, window_start = zero.clone(), 0, start
+    start = time.perf_counter() - state.seconds
+    # The loss stays on device between log rows: no host sync inside the step.
+    window_loss = torch.tensor(state.window_loss, device=s.accelerator.device)
+    window_start = time.perf_counter()
     world, rank = s.accelerator.num_processes, s.accelerator.process_index
     per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
-    while state.step < s.total_steps:
-        batches = epoch_batches(lengths, tc.batch_size, cfg.seed, epoch, tc.group_by_length)
-        if world > 1:  # every rank needs a micro-batch in every step, or DDP waits forever
-            batches = batches[:len(batches) // world * world]
-        for g in range(0, len(batches), per_step):
-            group = batches[g:g + per_step]
-            # Rank r takes micro-batches r, r+world, ...: disjoint shards of the same step.
-            n = sum(map(len, group))
-            window_loss += train_step(s, group[rank::world], n)
-            state.step += 1
-            state.samples += n
-            window_samples += n
-            bar.update(1)
-            if state.step % tc.log_every == 0 or state.step == s.total_steps:
-                now = time.perf_counter()
-                if world > 1:  # each rank holds its share of the loss; every rank joins
-                    window_loss = s.accelerator.reduce(window_loss, reduction="sum")
-                row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
-                       "loss": window_loss.item() / max(1, _steps_in_window(state, tc)),
-                       "lr": s.scheduler.get_last_lr()[0],
-                       "samples_per_s": window_samples / max(now - window_start, 1e-9)}
-                s.logger.log(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                sps=f"{row['samples_per_s']:.0f}")
-                window_loss, window_samples, window_start = zero.clone(), 0, now
-            if tc.eval_every and state.step % tc.eval_every == 0:
-                validate(s, state, epoch)
-            if state.step >= s.total_steps:
-                break
-        epoch += 1
-        if not tc.eval_every:
-            validate(s, state, epoch - 1)
+    with checkpoint.StopRequest() as stop:
+        while state.step < s.total_steps:
+            batches = epoch_batches(lengths, tc.batch_size, cfg.seed, state.epoch,
+                                    tc.group_by_length)
+            if world > 1:  # every rank needs a micro-batch in every step, or DDP waits forever
+                batches = batches[:len(batches) // world * world]
+            while state.batch < len(batches) and state.step < s.total_steps:
+                group = batches[state.batch:state.batch + per_step]
+                state.batch += per_step
+                # Rank r takes micro-batches r, r+world, ...: disjoint shards of one step.
+                n = sum(map(len, group))
+                window_loss += train_step(s, group[rank::world], n)
+                state.step += 1
+                state.samples += n
+                state.window_samples += n
+                bar.update(1)
+                if state.step % tc.log_every == 0 or state.step == s.total_steps:
+                    row = log_window(s, state, window_loss, window_start)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                    sps=f"{row['samples_per_s']:.0f}")
+                    window_loss, window_start = torch.zeros_like(window_loss), time.perf_counter()
+                    state.window_samples = 0
+                if tc.eval_every and state.step % tc.eval_every == 0:
+                    validate(s, state, state.epoch)
+                if stop_requested(s, stop):
+                    path = save_checkpoint(s, state, window_loss, start)
+                    raise Interrupted(stop.signum, path)
+                ends_epoch = state.batch >= len(batches) or state.step >= s.total_steps
+                if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
+                        and not ends_epoch:  # the epoch-end checkpoint follows at once
+                    save_checkpoint(s, state, window_loss, start)
+            state.epoch, state.batch = state.epoch + 1, 0
+            if not tc.eval_every:
+                validate(s, state, state.epoch - 1)
+            save_checkpoint(s, state, window_loss, start)
     if state.last_eval_step != state.step:
-        validate(s, state, epoch - 1)
+        validate(s, state, state.epoch - 1)
     state.seconds = time.perf_counter() - start
     bar.close()
     return state
+
+
+def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_start: float) -> dict:
+    """Write the loss/LR/throughput row for the steps since the last row."""
+    now = time.perf_counter()
+    if s.accelerator.num_processes > 1:  # each rank holds its share of the loss
+        window_loss = s.accelerator.reduce(window_loss, reduction="sum")
+    row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
+           "loss": window_loss.item() / max(1, _steps_in_window(state, s.cfg.train)),
+           "lr": s.scheduler.get_last_lr()[0],
+           "samples_per_s": state.window_samples / max(now - window_start, 1e-9)}
+    s.logger.log(row)
+    return row
+
+
+def start_state(s: Setup) -> FitState:
+    """A fresh state, or the one a checkpoint holds, with weights, optimizer, schedule and RNG
+    streams put back as they were, so the run goes on exactly as if never stopped."""
+    r = s.resumed
+    if r is None:
+        return FitState()
+    model = s.accelerator.unwrap_model(s.model)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(r.trainable) != expected:
+        raise LmtuneError(f"checkpoint {r.path}: its trainable tensors do not match this "
+                          f"model and method ({len(r.trainable)} saved, {len(expected)} here)")
+    model.load_state_dict(r.trainable, strict=False)
+    s.optimizer.load_state_dict(r.optimizer)
+    s.scheduler.load_state_dict(r.scheduler)
+    checkpoint.set_rng_state(r.rng)
+    p = {k: v for k, v in r.progress.items() if k != "world_size"}
+    state = FitState(**p)
+    if r.best is not None:
+        state.best_weights = r.best
+    elif state.best and state.best["step"] == state.step:  # the best is the saved weights
+        state.best_weights = trainable_state(model)
+    if s.accelerator.is_main_process:
+        print(f"resumed from {r.path} at step {state.step}", file=sys.stderr)
+    s.logger.log({"step": state.step, "event": "resumed", "checkpoint": r.path.name})
+    return state
+
+
+def stop_requested(s: Setup, stop: checkpoint.StopRequest) -> bool:
+    """Whether a signal asked to stop; under DDP all ranks agree, so all stop at one step."""
+    if s.accelerator.num_processes == 1:
+        return bool(stop.signum)
+    flag = torch.tensor(float(stop.signum), device=s.accelerator.device)
+    stop.signum = int(s.accelerator.reduce(flag, reduction="max"))  # any rank's signal
+    return bool(stop.signum)
+
+
+def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
+                    start: float) -> Path | None:
+    """Write a checkpoint of the current step. Every rank calls it; rank 0 writes."""
+    acc = s.accelerator
+    if acc.num_processes > 1:  # every rank's loss share, and RNG streams, go in one file set
+        window_loss = acc.reduce(window_loss, reduction="sum")
+        rngs: list = [None] * acc.num_processes
+        torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
+    else:
+        rngs = [checkpoint.rng_state()]
+    path = None
+    if acc.is_main_process:
+        state.window_loss = window_loss.item()
+        state.seconds = time.perf_counter() - start
+        model = acc.unwrap_model(s.model)
+        best = state.best_weights if state.best.get("step", state.step) != state.step else None
+        path = checkpoint.save(s.out / "checkpoints", state.step,
+                               trainable=trainable_state(model), best=best,
+                               optimizer=s.optimizer.state_dict(),
+                               scheduler=s.scheduler.state_dict(), rngs=rngs,
+                               progress=state.progress(acc.num_processes),
+                               keep=s.cfg.train.keep_checkpoints,
+                               best_step=state.best.get("step"))
+    else:  # only rank 0 carries the loss window on
+        state.window_loss = 0.0
+    acc.wait_for_everyone()
+    return path
 
 
 def _steps_in_window(state: FitState, tc) -> int:

@@ -36,7 +36,10 @@ def test_full_fine_tune_end_to_end(tiny_overrides, tmp_path):
     assert sum(curve[-3:]) / 3 < 0.5 * sum(curve[:3]) / 3  # the loss falls
     assert result.test["accuracy"] >= 0.9  # one sentiment word decides: learnable
     assert sorted(p.name for p in out.iterdir()) == \
-        ["config.yaml", "eval.json", "metrics.jsonl", "model"]
+        ["checkpoints", "config.yaml", "eval.json", "metrics.jsonl", "model"]
+    # 4 epoch ends, keep_checkpoints=1: the last one, plus the best one
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
+        sorted({f"step-{result.best['step']:06d}", f"step-{result.steps:06d}"})
     files = sorted(p.name for p in (out / "model").iterdir())
     assert "model.safetensors" in files and "config.json" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
