@@ -39,23 +39,33 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
+def save_tiny_bert(d: Path, dropout: float = 0.0) -> Path:
     """A random 2-layer BERT classifier base with a word-level vocab, as a local model dir."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    d = tmp_path_factory.mktemp("tiny-bert")
     words = SPECIALS + POSITIVE + NEGATIVE + FILLER
     tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     assert tok("great film")["input_ids"] == [2, words.index("great"), words.index("film"), 3]
-    config = BertConfig(vocab_size=len(SPECIALS + POSITIVE + NEGATIVE + FILLER),
-                        hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """Without dropout, so that runs compare exactly across batch layouts."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dropout(tmp_path_factory) -> Path:
+    """With dropout: training draws from the RNG, as real runs do (for resume tests)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-dropout"), dropout=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -59,3 +59,38 @@ def test_hub_id_offline_fails_fast_and_clearly():
 
 def test_trust_remote_code_is_off_by_default():
     assert load_config().trust_remote_code is False
+
+
+def test_minilm_sigkill_then_resume_is_exact(tmp_path, capsys):
+    """Real MiniLM, default precision (bf16 autocast where the CPU has it), killed with
+    SIGKILL at a random step, resumed: the README quotes the line this test prints."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from lmtune.cli import main
+    from tests.conftest import write_csv
+    from tests.integration.test_resume import assert_same_run, run_until
+
+    splits = rotten_tomatoes(seed=42)
+    paths = {}
+    for name, n in (("train", 640), ("validation", 200), ("test", 200)):
+        rows = [{"text": r["text"], "label": r["label"]} for r in splits[name].rows[:n]]
+        paths[name] = write_csv(tmp_path / f"{name}.csv", rows)
+    args = [f"data.{k}={v}" for k, v in paths.items()] + [
+        "train.max_steps=40", "train.batch_size=16", "train.log_every=1",
+        "train.checkpoint_every=10", "train.eval_every=20"]
+    assert main(["train", "--quiet", *args, f"output_dir={tmp_path / 'ref'}"]) == 0
+    kill_at = random.Random().randrange(5, 36)
+    out = tmp_path / "run"
+    done = run_until([*args, f"output_dir={out}"], out, kill_at, signal.SIGKILL)
+    assert done.returncode == -signal.SIGKILL and not (out / "model").exists()
+    resumed = subprocess.run([sys.executable, "-m", "lmtune", "resume", "--quiet", str(out)],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    worst = assert_same_run(tmp_path / "ref", out)
+    line = next(x for x in resumed.stderr.splitlines() if x.startswith("resumed from"))
+    with capsys.disabled():
+        print(f"\nMiniLM: signalled at step {kill_at}, {line.split('/')[-1]}; "
+              f"max abs weight difference {worst:g}; per-step losses and test metrics equal")

@@ -1,0 +1,117 @@
+"""Checkpoint files: atomic writes, retention, hash checks, failed writes, safe loading."""
+import errno
+import hashlib
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lmtune import checkpoint
+from lmtune.errors import LmtuneError
+from lmtune.rundir import rewind_metrics
+
+
+def save(root, step, keep=2, best_step=None):
+    w = {"w": torch.full((3,), float(step))}
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    return checkpoint.save(root, step, trainable=w, best=None, optimizer=opt.state_dict(),
+                           scheduler={"last_epoch": step}, rngs=[checkpoint.rng_state()],
+                           progress={"step": step, "world_size": 1}, keep=keep,
+                           best_step=best_step)
+
+
+def test_save_load_and_keep_the_newest_plus_the_best(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, keep=2, best_step=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["step-000001", "step-000003", "step-000004"]
+    loaded = checkpoint.load_latest(tmp_path, rank=0, world=1)
+    assert loaded.path.name == "step-000004"
+    assert torch.equal(loaded.trainable["w"], torch.full((3,), 4.0))
+    assert loaded.scheduler == {"last_epoch": 4} and loaded.progress["step"] == 4
+
+
+def test_a_corrupted_or_torn_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+    save(tmp_path, 1)
+    newest = save(tmp_path, 2)
+    data = bytearray((newest / "trainable.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (newest / "trainable.safetensors").write_bytes(bytes(data))
+    (tmp_path / "step-000003").mkdir()  # no manifest, e.g. half copied by hand
+    assert checkpoint.load_latest(tmp_path, 0, 1).path.name == "step-000001"
+    err = capsys.readouterr().err
+    assert "step-000002: trainable.safetensors does not match its sha256" in err
+    assert "step-000003: missing or unreadable manifest.json" in err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_failed_write_is_a_clear_error_and_keeps_the_last_good_one(tmp_path, monkeypatch,
+                                                                      code):
+    save(tmp_path, 1)
+
+    def full_disk(fd):
+        raise OSError(code, {errno.ENOSPC: "No space left on device",
+                             errno.EACCES: "Permission denied"}[code])
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    with pytest.raises(LmtuneError, match="could not write.*last good checkpoint "
+                                          "step-000001 is intact"):
+        save(tmp_path, 2)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000001"]  # no temp dir left over
+    assert checkpoint.load_latest(tmp_path, 0, 1).path.name == "step-000001"
+
+
+class Payload:
+    def __reduce__(self):  # what a hostile pickle does: run code while loading
+        return (exec, ("open(__import__('os').environ['PWNED'], 'w').close()",))
+
+
+def test_state_files_load_with_weights_only_and_never_run_code(tmp_path, monkeypatch):
+    path = save(tmp_path, 1)
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED", str(marker))
+    (path / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Payload()}))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["optimizer.pt"] = hashlib.sha256(
+        (path / "optimizer.pt").read_bytes()).hexdigest()  # the hash checks out: only
+    # weights_only loading stands between the file and code execution
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LmtuneError, match="refused to load"):
+        checkpoint.load_latest(tmp_path, 0, 1)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
+    save(tmp_path, 1)
+    with pytest.raises(LmtuneError, match="written by 1 processes"):
+        checkpoint.load_latest(tmp_path, 0, 2)
+
+
+def test_rng_state_round_trip_restores_every_stream():
+    state = checkpoint.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(2))
+    checkpoint.set_rng_state(state)
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+def test_rewind_metrics_drops_later_rows_test_rows_and_a_torn_last_line(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9},
+            {"step": 2, "split": "validation"}, {"step": 3, "loss": 0.8},
+            {"step": 3, "split": "test"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    rewind_metrics(path, 2)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:3]
+    assert "dropped a torn last line" in capsys.readouterr().err
+
+
+def test_rewind_metrics_refuses_a_broken_line_in_the_middle(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
+    with pytest.raises(LmtuneError, match=r"metrics.jsonl:2: not valid JSON"):
+        rewind_metrics(path, 5)
