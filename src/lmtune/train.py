@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lmtune import checkpoint, dist, rundir
 from lmtune.config import Config
-from lmtune.data.collate import Encoded, collate, encode, epoch_batches
-from lmtune.data.load import Splits, load_splits
+from lmtune.data.collate import Encoded, encode, epoch_batches
+from lmtune.data.lm import encode_splits, load_lm_splits, mlm_view
+from lmtune.data.load import load_splits
 from lmtune.data.readers import Table
 from lmtune.errors import Interrupted, LmtuneError
-from lmtune.eval.run import evaluate
+from lmtune.eval.run import evaluate, evaluate_lm
 from lmtune.models.io import save_model
-from lmtune.models.load import attention_impl, load_classifier, load_tokenizer, resolve_model
+from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
+from lmtune.objectives import OBJECTIVES, loss_sum, make_batch
 from lmtune.models.methods import apply_method, count_parameters, trainable_state
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.track import JsonlLogger, NullLogger
@@ -38,7 +39,7 @@ from lmtune.track import JsonlLogger, NullLogger
 @dataclass
 class Setup:
     cfg: Config
-    splits: Splits
+    label_names: list[str] | None  # classify only
     tokenizer: object
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -51,10 +52,22 @@ class Setup:
     out: Path
     logger: object
     resumed: checkpoint.Loaded | None = None
+    report: dict | None = None  # sft/clm/mlm: what the loss sees (data_report.json)
 
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+    @property
+    def objective(self) -> str:
+        return OBJECTIVES[self.cfg.task]
+
+    def train_data(self, epoch: int) -> Encoded:
+        """The training rows of `epoch`: MLM masks anew each epoch (seeded, so resumable)."""
+        if self.objective != "mlm":
+            return self.data["train"]
+        return mlm_view(self.data["train"], self.tokenizer, self.cfg.data.mlm_probability,
+                        self.cfg.seed * 1_000_003 + epoch + 1)
 
     def autocast(self):
         return dist.autocast(self.precision)
@@ -67,6 +80,7 @@ class FitState:
     epoch: int = 0
     batch: int = 0  # index in this epoch's batch list where the next step starts
     samples: int = 0
+    tokens: int = 0
     seconds: float = 0.0
     best: dict = field(default_factory=dict)  # {"step", metric name: value}
     last_eval_step: int = -1
@@ -87,6 +101,7 @@ class RunResult:
     steps: int
     train_seconds: float
     samples_per_second: float
+    tokens_per_second: float
 
 
 def train(cfg: Config, train_table: Table | None = None, progress: bool = True) -> RunResult:
@@ -104,23 +119,31 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     dist.seed_everything(cfg.seed)
     precision = dist.resolve_precision(cfg.train.precision)
     # Everything that can fail on user input happens before the run dir is touched.
-    splits = load_splits(cfg.data, cfg.seed, train_table)
+    if cfg.task == "classify":
+        splits = load_splits(cfg.data, cfg.seed, train_table)
+    else:
+        lm_splits = load_lm_splits(cfg, train_table)
     out = rundir.check_run_dir(cfg)
-    model_path = resolve_model(cfg.model)
+    model_path = resolve_model(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    model = load_classifier(model_path, splits.label_names, cfg.trust_remote_code,
-                            attention_impl(cfg.attention, dist.device_type()))
+    report, label_names = None, None
+    if cfg.task == "classify":
+        label_names, label2id = splits.label_names, splits.label2id
+        data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
+                             [label2id[x] for x in part.labels])
+                for name, part in (("train", splits.train), ("validation", splits.validation),
+                                   ("test", splits.test)) if part is not None}
+    else:
+        data, lm_report = encode_splits(tokenizer, lm_splits, cfg)
+        report = vars(lm_report)
+        print("data: " + "\n      ".join(lm_report.lines()), file=sys.stderr)
+    model = load_model(cfg.task, model_path, label_names, cfg.trust_remote_code,
+                       attention_impl(cfg.attention, dist.device_type()))
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.train.max_length > limit:
         raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
                           f"{limit} positions {cfg.model} was trained with")
     model = apply_method(model, cfg)
-
-    label2id = splits.label2id
-    data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
-                         [label2id[x] for x in part.labels])
-            for name, part in (("train", splits.train), ("validation", splits.validation),
-                               ("test", splits.test)) if part is not None}
     accelerator = dist.make_accelerator()
     batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
     steps_per_epoch = max(1, batches // accelerator.num_processes) \
@@ -143,9 +166,11 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
             out = rundir.start_run_dir(cfg)
         else:
             rundir.rewind_metrics(out / "metrics.jsonl", resumed.progress["step"])
+        if report is not None:
+            rundir.atomic_write_json(out / "data_report.json", report)
         logger = JsonlLogger(out / "metrics.jsonl")
-    return Setup(cfg, splits, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger, resumed)
+    return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
+                 precision, total_steps, steps_per_epoch, out, logger, resumed, report)
 
 
 # ------------------------------------------------------------------------------- fit
@@ -154,7 +179,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
 def fit(s: Setup, progress: bool = True) -> FitState:
     cfg, tc = s.cfg, s.cfg.train
     state = start_state(s)
-    lengths = [len(x) for x in s.data["train"].input_ids]
+    lengths = [len(x) for x in s.data["train"].input_ids]  # masking keeps lengths
     bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
                disable=not progress or not s.accelerator.is_main_process)  # short piped logs
@@ -169,17 +194,19 @@ def fit(s: Setup, progress: bool = True) -> FitState:
         while state.step < s.total_steps:
             batches = epoch_batches(lengths, tc.batch_size, cfg.seed, state.epoch,
                                     tc.group_by_length)
+            data = s.train_data(state.epoch)
             if world > 1:  # every rank needs a micro-batch in every step, or DDP waits forever
                 batches = batches[:len(batches) // world * world]
             while state.batch < len(batches) and state.step < s.total_steps:
                 group = batches[state.batch:state.batch + per_step]
                 state.batch += per_step
                 # Rank r takes micro-batches r, r+world, ...: disjoint shards of one step.
-                n = sum(map(len, group))
-                window_loss += train_step(s, group[rank::world], n)
+                n = sum(data.count_units(b) for b in group)  # loss terms of the whole step
+                window_loss += train_step(s, data, group[rank::world], n)
                 state.step += 1
-                state.samples += n
-                state.window_samples += n
+                state.samples += sum(map(len, group))
+                state.tokens += sum(lengths[i] for b in group for i in b)
+                state.window_samples += sum(map(len, group))
                 bar.update(1)
                 if state.step % tc.log_every == 0 or state.step == s.total_steps:
                     row = log_window(s, state, window_loss, window_start)
@@ -290,26 +317,24 @@ def _steps_in_window(state: FitState, tc) -> int:
     return (state.step - 1) % tc.log_every + 1
 
 
-def train_step(s: Setup, group: list[list[int]], n: int) -> torch.Tensor:
+def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches `group`; returns its loss share.
 
-    Each micro-batch's summed loss is divided by `n`, the sample count of the *whole*
-    effective batch over all ranks, and multiplied by the world size because DDP averages
-    gradients over ranks. So k accumulated micro-batches, or k ranks, give the same gradient
-    as one batch k times larger (a short micro-batch weighs by its size, not as a full one).
-    Summed over ranks, the returned values are the step's mean loss.
+    Each micro-batch's summed loss is divided by `n`, the loss terms (samples, or trained
+    tokens) of the *whole* effective batch over all ranks, and multiplied by the world size
+    because DDP averages gradients over ranks. So k accumulated micro-batches, or k ranks,
+    give the same gradient as one batch k times larger: a short micro-batch, or one with few
+    trained tokens, weighs by what it holds. Summed over ranks, the returned values are the
+    step's mean loss.
     """
-    scale = s.accelerator.num_processes / n
+    scale = s.accelerator.num_processes / max(n, 1)
     device = s.accelerator.device
     total = torch.zeros((), device=device)
     for j, idx in enumerate(group):
-        batch = {k: v.to(device) for k, v in collate(s.data["train"], idx, s.pad_id).items()}
+        batch = make_batch(s.objective, data, idx, s.pad_id, device)
         last = j == len(group) - 1
         with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
-            with s.autocast():
-                logits = s.model(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"]).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum") * scale
+            loss = loss_sum(s.objective, s.model, batch, s.autocast) * scale
             s.accelerator.backward(loss)
         total += loss.detach() / s.accelerator.num_processes
     if s.cfg.train.max_grad_norm:
@@ -320,20 +345,32 @@ def train_step(s: Setup, group: list[list[int]], n: int) -> torch.Tensor:
     return total
 
 
+def evaluate_split(s: Setup, name: str) -> dict:
+    """Metrics of split `name`: classification metrics, or LM loss and perplexity."""
+    if s.objective == "classify":
+        return evaluate(s.model, s.data[name], s.label_names, s.cfg.eval.batch_size,
+                        s.pad_id, s.autocast)
+    return evaluate_lm(s.model, s.data[name], s.objective, s.cfg.eval.batch_size, s.pad_id,
+                       s.autocast)
+
+
+def headline(metrics: dict) -> dict:
+    """The scalar metrics worth a log row."""
+    return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "perplexity")
+            if k in metrics}
+
+
 def validate(s: Setup, state: FitState, epoch: int) -> None:
     """Evaluate on the validation split; keep a copy of the best trainable weights."""
-    metrics = evaluate(s.model, s.data["validation"], s.splits.label_names,
-                       s.cfg.eval.batch_size, s.pad_id, s.autocast)
+    metrics = headline(evaluate_split(s, "validation"))
     state.last_eval_step = state.step
-    name = s.cfg.eval.metric
-    s.logger.log({"step": state.step, "epoch": epoch, "split": "validation",
-                  **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1")}})
+    name = s.cfg.metric
+    s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})
     better = (not state.best or
               (metrics[name] < state.best[name] if name == "loss"
                else metrics[name] > state.best[name]))
     if better:
-        state.best = {"step": state.step, "loss": metrics["loss"],
-                      "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        state.best = {"step": state.step, **metrics}
         state.best_weights = trainable_state(s.accelerator.unwrap_model(s.model))
 
 
@@ -346,13 +383,12 @@ def finish(s: Setup, state: FitState) -> RunResult:
         model.load_state_dict(state.best_weights, strict=False)
     test = None
     if "test" in s.data:
-        test = evaluate(s.model, s.data["test"], s.splits.label_names, s.cfg.eval.batch_size,
-                        s.pad_id, s.autocast)
-        s.logger.log({"step": state.step, "split": "test", "loss": test["loss"],
-                      "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]})
+        test = evaluate_split(s, "test")
+        s.logger.log({"step": state.step, "split": "test", **headline(test)})
     s.accelerator.wait_for_everyone()
+    seconds = max(state.seconds, 1e-9)
     result = RunResult(s.out, test, state.best, state.step, state.seconds,
-                       state.samples / max(state.seconds, 1e-9))
+                       state.samples / seconds, state.tokens / seconds)
     if s.accelerator.is_main_process:
         rundir.atomic_save_dir(s.out / "model", lambda p: save_model(model, s.tokenizer, p))
         if test is not None:
@@ -367,14 +403,15 @@ def summary(s: Setup, r: RunResult, model) -> str:
     rows = [("model", s.cfg.model), ("method", s.cfg.method),
             ("trainable params", f"{trainable:,} / {total:,} ({trainable / total:.2%})"),
             ("precision", s.precision),
-            ("train samples", f"{len(s.data['train']):,}"),
+            ("train rows", f"{len(s.data['train']):,}" + (" (packed)" if s.cfg.data.packing
+                                                            else "")),
             ("steps", f"{r.steps} ({r.steps / s.steps_per_epoch:.2f} epochs)"),
-            ("train time", f"{r.train_seconds:.1f} s ({r.samples_per_second:.0f} samples/s)"),
-            (f"best validation {s.cfg.eval.metric}",
-             f"{r.best[s.cfg.eval.metric]:.4f} (step {r.best['step']})")]
+            ("train time", f"{r.train_seconds:.1f} s ({r.samples_per_second:.0f} rows/s, "
+                           f"{r.tokens_per_second:.0f} tokens/s)"),
+            (f"best validation {s.cfg.metric}",
+             f"{r.best[s.cfg.metric]:.4f} (step {r.best['step']})")]
     if r.test is not None:
-        rows += [("test accuracy", f"{r.test['accuracy']:.4f}"),
-                 ("test macro-F1", f"{r.test['macro_f1']:.4f}")]
+        rows += [(f"test {k}", f"{v:.4f}") for k, v in headline(r.test).items()]
     rows.append(("run dir", str(s.out)))
     width = max(len(k) for k, _ in rows)
     return "\n".join([""] + [f"  {k:<{width}}  {v}" for k, v in rows])

@@ -63,17 +63,17 @@ def reference(tiny_bert_dropout, sentiment_csv, tmp_path, extra):
 
 
 def break_at(monkeypatch, call: int, action):
-    """Run `action` when the loop collates its `call`-th micro-batch (1-based)."""
+    """Run `action` when the loop builds its `call`-th micro-batch (1-based)."""
     calls = {"n": 0}
-    real = loop.collate
+    real = loop.make_batch
 
-    def collate(*args, **kwargs):
+    def make_batch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "collate", collate)
+    monkeypatch.setattr(loop, "make_batch", make_batch)
 
 
 class Crash(Exception):

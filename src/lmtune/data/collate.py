@@ -13,13 +13,27 @@ import torch
 
 @dataclass
 class Encoded:
-    """Token ids per sample (unpadded) with optional class ids."""
+    """Token ids per row (unpadded) and what the loss reads from them.
+
+    classify: `labels` holds a class id per row.
+    sft/clm/mlm: `trained` marks the tokens that carry the loss; `targets` (mlm) holds the
+    original ids where `input_ids` are masked; `segments` (packed rows) holds the lengths of
+    the samples packed into each row; `units[i]` counts row i's loss terms, so a batch's loss
+    can be normalized over the whole effective batch before any forward pass.
+    """
 
     input_ids: list[list[int]]
     labels: list[int] | None = None
+    trained: list[list[bool]] | None = None
+    targets: list[list[int]] | None = None
+    segments: list[list[int]] | None = None
+    units: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def count_units(self, idx: list[int]) -> int:
+        return len(idx) if self.units is None else sum(self.units[i] for i in idx)
 
 
 def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | None = None,
@@ -77,4 +91,40 @@ def collate(data: Encoded, idx: list[int], pad_id: int,
     batch = {"input_ids": input_ids, "attention_mask": attention}
     if data.labels is not None:
         batch["labels"] = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+    return batch
+
+
+def collate_lm(data: Encoded, idx: list[int], pad_id: int,
+               multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Rows `idx` for a language-model loss: input_ids and targets [B, T] (-100 where no loss).
+
+    Unpacked rows get an attention mask. Packed rows get position ids that restart at every
+    sample (and at the padding) instead, which is how the model isolates the samples (see
+    data/packing.py); a sample's first token is never a target of the previous sample's last.
+    """
+    rows = [data.input_ids[i] for i in idx]
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), -100, dtype=torch.long)
+    for b, i in enumerate(idx):
+        n = len(rows[b])
+        input_ids[b, :n] = torch.tensor(rows[b])
+        source = torch.tensor(data.targets[i] if data.targets is not None else rows[b])
+        targets[b, :n] = torch.where(torch.tensor(data.trained[i]), source, -100)
+    batch = {"input_ids": input_ids, "targets": targets}
+    if data.segments is None:
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            attention[b, :len(r)] = 1
+        batch["attention_mask"] = attention
+        return batch
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, i in enumerate(idx):
+        start = 0
+        for n in [*data.segments[i], width - len(rows[b])]:  # the padding restarts too
+            positions[b, start:start + n] = torch.arange(n)
+            if n:
+                targets[b, start] = -100
+            start += n
+    batch["position_ids"] = positions
     return batch

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -54,3 +55,26 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
         probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
     assert probs is not None
     return probs
+
+
+def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
+                autocast=contextlib.nullcontext) -> dict:
+    """Token-level loss and perplexity (causal: next token; mlm: masked tokens), streamed:
+    only running sums are kept, never logits."""
+    from lmtune.objectives import loss_sum, make_batch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, units = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for idx in eval_batches([len(x) for x in data.input_ids], batch_size):
+                batch = make_batch(objective, data, idx, pad_id, device)
+                total += loss_sum(objective, model, batch, autocast).item()
+                units += data.count_units(idx)
+    finally:
+        model.train(was_training)
+    loss = total / max(1, units)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": units,
+            "n": len(data)}

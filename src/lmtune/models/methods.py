@@ -37,7 +37,9 @@ def apply_lora(model: nn.Module, cfg: Config) -> nn.Module:
 
     targets = cfg.lora.target_modules or LORA_TARGETS.get(model.config.model_type,
                                                           "all-linear")
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+    task_type = {"classify": TaskType.SEQ_CLS, "sft": TaskType.CAUSAL_LM,
+                 "clm": TaskType.CAUSAL_LM}.get(cfg.task)
+    lora = LoraConfig(task_type=task_type, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                       lora_dropout=cfg.lora.dropout, target_modules=targets)
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

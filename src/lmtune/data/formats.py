@@ -1,0 +1,134 @@
+"""Rows → the one intermediate: a conversation (`list[Message]`) or a plain text.
+
+Formats, detected from the columns (or forced with `data.format`):
+
+    chat               {"messages": [{"role": "user", "content": "..."}, ...]}  (OpenAI)
+    sharegpt           {"conversations": [{"from": "human", "value": "..."}, ...]}
+    alpaca             {"instruction": "...", "input": "...", "output": "..."}
+    prompt_completion  {"prompt": "...", "completion": "..."}
+    text               a text column (`data.text_column`), or .txt lines, for clm/mlm
+
+Every problem names the row's file and line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmtune.data.readers import Table
+from lmtune.errors import LmtuneError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "bot": "assistant", "model": "assistant"}
+CHAT_FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
+FORMATS = ("auto", *CHAT_FORMATS, "text")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+Conversation = list[Message]
+
+
+def detect_format(table: Table, text_column: str) -> str:
+    """The format whose columns the table has; chat-style formats win over plain text."""
+    cols = set(table.columns)
+    for fmt, needs in (("chat", {"messages"}), ("sharegpt", {"conversations"}),
+                       ("alpaca", {"instruction", "output"}),
+                       ("prompt_completion", {"prompt", "completion"})):
+        if needs <= cols:
+            return fmt
+    if text_column in cols:
+        return "text"
+    raise LmtuneError(f"{table.source}: cannot tell the data format from its columns "
+                      f"({', '.join(table.columns) or 'none'}); expected one of: messages "
+                      "(chat), conversations (sharegpt), instruction+output (alpaca), "
+                      f"prompt+completion, or a {text_column!r} text column; or set "
+                      "data.format")
+
+
+def conversations(table: Table, fmt: str) -> list[Conversation]:
+    """Every row of `table` as a validated conversation with at least one assistant turn."""
+    convert = {"chat": _chat, "sharegpt": _sharegpt, "alpaca": _alpaca,
+               "prompt_completion": _prompt_completion}[fmt]
+    out = []
+    for i, row in enumerate(table.rows):
+        where = table.loc(i)
+        conv = convert(row, where)
+        if not any(m.role == "assistant" for m in conv):
+            raise LmtuneError(f"{where}: no assistant turn: nothing to learn from")
+        out.append(conv)
+    return out
+
+
+def texts(table: Table, column: str) -> list[str]:
+    """The non-empty texts of `column` (clm/mlm)."""
+    if column not in table.columns:
+        raise LmtuneError(f"{table.source}: no column {column!r}; columns found: "
+                          f"{', '.join(table.columns)}")
+    out = []
+    for i, row in enumerate(table.rows):
+        value = row.get(column)
+        if not isinstance(value, str) or not value.strip():
+            raise LmtuneError(f"{table.loc(i)}: empty or missing text in column {column!r}")
+        out.append(value)
+    return out
+
+
+def _field(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        got = "missing" if value is None else f"a {type(value).__name__}"
+        raise LmtuneError(f"{where}: {key!r} must be a string, got {got}")
+    if required and not value.strip():
+        raise LmtuneError(f"{where}: {key!r} is empty")
+    return value
+
+
+def _turns(items: Any, key: str, role_key: str, text_key: str, roles: dict[str, str],
+           where: str) -> Conversation:
+    if not isinstance(items, list) or not items:
+        raise LmtuneError(f"{where}: {key!r} must be a non-empty list of turns")
+    out = []
+    for j, turn in enumerate(items):
+        if not isinstance(turn, dict):
+            raise LmtuneError(f"{where}: {key}[{j}] must be an object with {role_key!r} and "
+                              f"{text_key!r}")
+        role = turn.get(role_key)
+        if role not in roles:
+            raise LmtuneError(f"{where}: {key}[{j}]: bad role {role!r}; expected one of "
+                              f"{', '.join(roles)}")
+        content = turn.get(text_key)
+        if not isinstance(content, str):
+            got = "missing" if content is None else f"a {type(content).__name__}"
+            raise LmtuneError(f"{where}: {key}[{j}].{text_key} must be a string, got {got}")
+        out.append(Message(roles[role], content))
+    return out
+
+
+def _chat(row: dict[str, Any], where: str) -> Conversation:
+    return _turns(row.get("messages"), "messages", "role", "content",
+                  {r: r for r in ROLES}, where)
+
+
+def _sharegpt(row: dict[str, Any], where: str) -> Conversation:
+    return _turns(row.get("conversations"), "conversations", "from", "value",
+                  SHAREGPT_ROLES, where)
+
+
+def _alpaca(row: dict[str, Any], where: str) -> Conversation:
+    instruction = _field(row, "instruction", where)
+    extra = _field(row, "input", where, required=False)
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [Message("user", prompt), Message("assistant", _field(row, "output", where))]
+
+
+def _prompt_completion(row: dict[str, Any], where: str) -> Conversation:
+    return [Message("user", _field(row, "prompt", where)),
+            Message("assistant", _field(row, "completion", where))]

@@ -1,0 +1,117 @@
+"""Conversations → tokens + loss mask, through the tokenizer's own chat template.
+
+The conversation is rendered once as text by the template, and each assistant turn's
+character span is found by rendering the prefix before it (with the generation prompt) and
+the prefix through it. The whole text is tokenized once; a token is trained when it starts
+inside a trained span. For ChatML (SmolLM2):
+
+    <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n
+    ─────────────── prompt, with the generation prompt ──────── ───trained─────── ✗
+
+The trained span ends with the first special token after the content (the end-of-turn
+token: <|im_end|>, <|eot_id|>, </s>...), so the model learns to stop; the newline the
+template writes after it is not trained. Generation renders the prompt with the same
+template and `add_generation_prompt=True`, so training and inference cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmtune.data.formats import Conversation, Message
+from lmtune.errors import LmtuneError
+
+TRAIN_ON = ("assistant", "last_assistant", "all")
+
+
+@dataclass
+class Tokenized:
+    """One sample: token ids, which of them are trained, and tokens per role."""
+
+    input_ids: list[int]
+    trained: list[bool]
+    role_tokens: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+
+
+def render(tokenizer, messages: Conversation, generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template([{"role": m.role, "content": m.content}
+                                          for m in messages], tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def check_template(tokenizer, model: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise LmtuneError(f"model {model}: its tokenizer has no chat template; use a chat "
+                          "model (e.g. smollm2) or task=clm for plain text")
+    if not getattr(tokenizer, "is_fast", False):
+        raise LmtuneError(f"model {model}: needs a fast tokenizer (character offsets map "
+                          "the loss mask onto tokens)")
+
+
+def spans(tokenizer, conv: Conversation, train_on: str) -> tuple[str, list[tuple]]:
+    """The rendered text, and (start, end, role, trained) character spans of every turn."""
+    text = render(tokenizer, conv)
+    out, last = [], max(i for i, m in enumerate(conv) if m.role == "assistant")
+    for i, m in enumerate(conv):
+        before = render(tokenizer, conv[:i], generation_prompt=m.role == "assistant") \
+            if i else ""
+        through = render(tokenizer, conv[:i + 1])
+        if not (text.startswith(before) and text.startswith(through)):
+            raise LmtuneError("the chat template renders a conversation differently from "
+                              "its prefixes (it rewrites earlier turns), so turns cannot be "
+                              "masked; use another template or train_on=all")
+        start, end = len(before), len(through)
+        if m.role == "assistant":
+            end = _end_of_turn(tokenizer, text, start, end, m)
+        trained = train_on == "all" or (m.role == "assistant" and (
+            train_on == "assistant" or i == last))
+        out.append((start, end, m.role, trained))
+    return text, out
+
+
+def _end_of_turn(tokenizer, text: str, start: int, end: int, m: Message) -> int:
+    """End of the first special token after the content: the end-of-turn marker."""
+    content_at = text.find(m.content, start, end) if m.content else -1
+    search_from = content_at + len(m.content) if content_at >= 0 else start
+    hits = [(text.find(tok, search_from, end), tok) for tok in tokenizer.all_special_tokens]
+    hits = [(at, tok) for at, tok in hits if at >= 0]
+    if not hits:
+        return end
+    at, tok = min(hits)
+    return at + len(tok)
+
+
+def tokenize_conversation(tokenizer, conv: Conversation, train_on: str,
+                          max_length: int) -> Tokenized:
+    text, turn_spans = spans(tokenizer, conv, train_on)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    trained, roles = [], {}
+    for (a, b) in offsets:
+        role, train = "template", False
+        for start, end, r, t in turn_spans:
+            if start <= a < end:
+                role, train = r, t
+                break
+        trained.append(train)
+        roles[role] = roles.get(role, 0) + 1
+    truncated = len(ids) > max_length
+    return Tokenized(ids[:max_length], trained[:max_length], roles, truncated)
+
+
+def tokenize_text(tokenizer, text: str, max_length: int, add_eos: bool) -> list[Tokenized]:
+    """A plain text, all of it trained, cut into `max_length` pieces (nothing is dropped).
+
+    Causal LM adds EOS so documents end; MLM adds the tokenizer's own [CLS]/[SEP] per piece.
+    """
+    if add_eos:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        pieces = [ids[s:s + max_length] for s in range(0, len(ids), max_length)]
+    else:
+        room = max_length - tokenizer.num_special_tokens_to_add()
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer.build_inputs_with_special_tokens(ids[s:s + room])
+                  for s in range(0, max(len(ids), 1), room)]
+    return [Tokenized(p, [True] * len(p), {"text": len(p)}) for p in pieces if len(p) > 1]
