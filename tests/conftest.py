@@ -80,3 +80,68 @@ def tiny_overrides(tiny_bert, sentiment_csv, tmp_path) -> list[str]:
             f"output_dir={tmp_path / 'run'}", "train.threads=1", "train.precision=fp32",
             "train.batch_size=16", "train.lr=3e-3", "train.epochs=4", "train.warmup=0",
             "train.log_every=1"]
+
+
+# A tiny chat template unlike ChatML: other markers, and <|endoftext|> ends each assistant
+# turn. Masking must find turns from the template alone, whatever it looks like.
+TINY_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{{ m.content }}\n"
+    "{% elif m.role == 'user' %}### User:\n{{ m.content }}\n"
+    "{% else %}### Assistant:\n{{ m.content }}<|endoftext|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}")
+CHAT_WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "to", "park", "what", "did",
+              "say", "hello", "world", "summarize", "translate", "this", "a", "short", "text"]
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """Chat rows whose answer is a fixed function of the question: learnable by a tiny LM."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.sample(CHAT_WORDS, rng.randint(2, 6))
+        rows.append({"messages": [
+            {"role": "user", "content": "repeat: " + " ".join(words)},
+            {"role": "assistant", "content": " ".join(words)}]})
+    return rows
+
+
+def save_tiny_llama(d: Path) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained here and TINY_TEMPLATE."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [" ".join(CHAT_WORDS), "### User:\n### Assistant:\nrepeat: "] * 20
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = TINY_TEMPLATE
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                         bos_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def chat_jsonl(tmp_path_factory) -> Path:
+    import json
+
+    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(160)))
+    return path

@@ -2,15 +2,14 @@
 
 The conversation is rendered once as text by the template, and each assistant turn's
 character span is found by rendering the prefix before it (with the generation prompt) and
-the prefix through it. The whole text is tokenized once; a token is trained when it starts
-inside a trained span. For ChatML (SmolLM2):
+the prefix through it. The whole text is tokenized once. For ChatML (SmolLM2):
 
     <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n
     ─────────────── prompt, with the generation prompt ──────── ───trained─────── ✗
 
-The trained span ends with the first special token after the content (the end-of-turn
-token: <|im_end|>, <|eot_id|>, </s>...), so the model learns to stop; the newline the
-template writes after it is not trained. Generation renders the prompt with the same
+A token is trained when it overlaps a trained span. The span ends with the first special
+token after the content (the end-of-turn token: <|im_end|>, <|eot_id|>, </s>...), so the
+model learns to stop; the newline the template writes after it is not trained. Generation renders the prompt with the same
 template and `add_generation_prompt=True`, so training and inference cannot drift apart.
 """
 from __future__ import annotations
@@ -88,10 +87,12 @@ def tokenize_conversation(tokenizer, conv: Conversation, train_on: str,
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     trained, roles = [], {}
     for (a, b) in offsets:
-        role, train = "template", False
+        role, train = "template", train_on == "all"
         for start, end, r, t in turn_spans:
-            if start <= a < end:
-                role, train = r, t
+            # Overlap, not containment: a token that merges the prompt's last character
+            # with the answer's first still carries part of the answer.
+            if a < end and max(b, a + 1) > start:
+                role, train = r, t or train
                 break
         trained.append(train)
         roles[role] = roles.get(role, 0) + 1
@@ -110,8 +111,18 @@ def tokenize_text(tokenizer, text: str, max_length: int, add_eos: bool) -> list[
             ids = ids + [tokenizer.eos_token_id]
         pieces = [ids[s:s + max_length] for s in range(0, len(ids), max_length)]
     else:
-        room = max_length - tokenizer.num_special_tokens_to_add()
+        prefix, suffix = special_wrap(tokenizer)
+        room = max_length - len(prefix) - len(suffix)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        pieces = [tokenizer.build_inputs_with_special_tokens(ids[s:s + room])
-                  for s in range(0, max(len(ids), 1), room)]
+        pieces = [prefix + ids[s:s + room] + suffix for s in range(0, max(len(ids), 1), room)]
     return [Tokenized(p, [True] * len(p), {"text": len(p)}) for p in pieces if len(p) > 1]
+
+
+def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS] … [SEP])."""
+    inner = tokenizer("a", add_special_tokens=False)["input_ids"]
+    outer = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for at in range(len(outer) - len(inner) + 1):
+        if outer[at:at + len(inner)] == inner:
+            return outer[:at], outer[at + len(inner):]
+    return [], []
