@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: RUN_DIR/eval.json)")
     e.add_argument("--output", help="write one prediction per input row to this JSONL file")
 
+    g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
+                       "causal LM", formatter_class=fmt, description="Generate text. "
+                       "Examples:\n  lmtune generate runs/sft --prompt 'Summarize: ...'\n  "
+                       "lmtune generate smollm2 --input prompts.jsonl --output answers.jsonl "
+                       "generate.max_new_tokens=64")
+    g.add_argument("model", help="a run dir, an HF causal-LM dir, a hub id or an alias")
+    g.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="generate.* settings, e.g. generate.temperature=0.7")
+    g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    g.add_argument("--input", help="JSONL in any chat format (a final assistant turn is the "
+                   "reference, not shown to the model), or .txt with one prompt per line")
+    g.add_argument("--output", help="write one JSON object per prompt here (field `text`)")
+
     p = sub.add_parser("predict", help="label texts with a saved run", formatter_class=fmt,
                        description="Predict labels. Examples:\n  lmtune predict runs/default "
                        "'a triumph' 'a mess'\n  lmtune predict runs/default --input new.csv "
@@ -68,10 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (argparse stops collecting a
+    # positional list at the first option)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-")
+                                                    for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
-                "predict": cmd_predict}[args.command](args)
+                "generate": cmd_generate, "predict": cmd_predict}[args.command](args)
     except LmtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -152,6 +173,64 @@ def format_metrics(m: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cmd_generate(args) -> int:
+    from lmtune.config import load_config
+    from lmtune.data.formats import Message
+    from lmtune.infer.generate import Generator
+
+    bad = [o for o in args.overrides if not o.startswith("generate.")]
+    if bad:
+        raise LmtuneError(f"generate: only generate.* settings can be given, got {bad[0]!r}")
+    convs = [[Message("user", p)] for p in args.prompt]
+    if args.input:
+        convs += read_prompts(Path(args.input))
+    if not convs:
+        raise LmtuneError("generate: give --prompt TEXT or --input FILE")
+    gen = Generator(args.model)
+    settings = load_config(None, args.overrides).generate if args.overrides else None
+    texts = gen.generate(convs, settings, progress=args.output is not None)
+    rows = []
+    for conv, text in zip(convs, texts):
+        row = {"prompt": conv[-2].content if conv[-1].role == "assistant" else conv[-1].content,
+               "text": text}
+        if conv[-1].role == "assistant" and len(conv) > 1:
+            row["reference"] = conv[-1].content
+        rows.append(row)
+    if args.output:
+        write_jsonl(Path(args.output), rows)
+        print(f"wrote {len(rows)} generations to {args.output}", file=sys.stderr)
+    else:
+        for r in rows:
+            print(r["text"] if len(rows) == 1 else json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def read_prompts(path: Path) -> list:
+    """Conversations from a chat-format file, or one user prompt per line of a .txt file."""
+    from lmtune.data.formats import Message, conversations, detect_format, texts
+    from lmtune.data.readers import read_path
+
+    if path.suffix == ".txt":
+        return [[Message("user", t)] for t in read_lines(path)]
+    table = read_path(path)
+    if isinstance(table, dict):
+        table = next(iter(table.values()))
+    fmt = detect_format(table, "text", need_answer=False)
+    if fmt == "text":
+        return [[Message("user", t)] for t in texts(table, "text")]
+    return conversations(table, fmt, need_answer=False)
+
+
+def read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise LmtuneError(f"{path}: file not found")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise LmtuneError(f"{path}: not valid UTF-8 ({e.reason})") from None
+    return [line for line in lines if line.strip()]
+
+
 def cmd_predict(args) -> int:
     from lmtune.infer.predict import Predictor
 
@@ -182,13 +261,7 @@ def read_texts(path: Path, clf) -> list[str]:
     from lmtune.data.readers import read_path
 
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise LmtuneError(f"{path}: file not found")
-        try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError as e:
-            raise LmtuneError(f"{path}: not valid UTF-8 ({e.reason})") from None
-        return [line for line in lines if line.strip()]
+        return read_lines(path)
     table = read_path(path)
     if isinstance(table, dict):
         table = next(iter(table.values()))

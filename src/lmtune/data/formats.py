@@ -34,12 +34,18 @@ class Message:
 Conversation = list[Message]
 
 
-def detect_format(table: Table, text_column: str) -> str:
-    """The format whose columns the table has; chat-style formats win over plain text."""
+def detect_format(table: Table, text_column: str, need_answer: bool = True) -> str:
+    """The format whose columns the table has; chat-style formats win over plain text.
+
+    With `need_answer=False` (prompts to generate from) alpaca needs only `instruction` and
+    prompt_completion only `prompt`.
+    """
     cols = set(table.columns)
     for fmt, needs in (("chat", {"messages"}), ("sharegpt", {"conversations"}),
-                       ("alpaca", {"instruction", "output"}),
-                       ("prompt_completion", {"prompt", "completion"})):
+                       ("alpaca", {"instruction", "output"} if need_answer
+                        else {"instruction"}),
+                       ("prompt_completion", {"prompt", "completion"} if need_answer
+                        else {"prompt"})):
         if needs <= cols:
             return fmt
     if text_column in cols:
@@ -51,15 +57,16 @@ def detect_format(table: Table, text_column: str) -> str:
                       "data.format")
 
 
-def conversations(table: Table, fmt: str) -> list[Conversation]:
-    """Every row of `table` as a validated conversation with at least one assistant turn."""
+def conversations(table: Table, fmt: str, need_answer: bool = True) -> list[Conversation]:
+    """Every row of `table` as a validated conversation with at least one assistant turn
+    (with `need_answer=False`: prompts, whose assistant turn is optional)."""
     convert = {"chat": _chat, "sharegpt": _sharegpt, "alpaca": _alpaca,
                "prompt_completion": _prompt_completion}[fmt]
     out = []
     for i, row in enumerate(table.rows):
         where = table.loc(i)
-        conv = convert(row, where)
-        if not any(m.role == "assistant" for m in conv):
+        conv = convert(row, where, need_answer)
+        if need_answer and not any(m.role == "assistant" for m in conv):
             raise LmtuneError(f"{where}: no assistant turn: nothing to learn from")
         out.append(conv)
     return out
@@ -112,23 +119,31 @@ def _turns(items: Any, key: str, role_key: str, text_key: str, roles: dict[str, 
     return out
 
 
-def _chat(row: dict[str, Any], where: str) -> Conversation:
+def _chat(row: dict[str, Any], where: str, need_answer: bool = True) -> Conversation:
     return _turns(row.get("messages"), "messages", "role", "content",
                   {r: r for r in ROLES}, where)
 
 
-def _sharegpt(row: dict[str, Any], where: str) -> Conversation:
+def _sharegpt(row: dict[str, Any], where: str, need_answer: bool = True) -> Conversation:
     return _turns(row.get("conversations"), "conversations", "from", "value",
                   SHAREGPT_ROLES, where)
 
 
-def _alpaca(row: dict[str, Any], where: str) -> Conversation:
+def _alpaca(row: dict[str, Any], where: str, need_answer: bool = True) -> Conversation:
     instruction = _field(row, "instruction", where)
     extra = _field(row, "input", where, required=False)
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [Message("user", prompt), Message("assistant", _field(row, "output", where))]
+    return _with_answer(prompt, row, "output", where, need_answer)
 
 
-def _prompt_completion(row: dict[str, Any], where: str) -> Conversation:
-    return [Message("user", _field(row, "prompt", where)),
-            Message("assistant", _field(row, "completion", where))]
+def _prompt_completion(row: dict[str, Any], where: str, need_answer: bool = True
+                       ) -> Conversation:
+    return _with_answer(_field(row, "prompt", where), row, "completion", where, need_answer)
+
+
+def _with_answer(prompt: str, row: dict[str, Any], key: str, where: str,
+                 need_answer: bool) -> Conversation:
+    conv = [Message("user", prompt)]
+    if need_answer or row.get(key) is not None:
+        conv.append(Message("assistant", _field(row, key, where)))
+    return conv

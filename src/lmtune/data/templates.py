@@ -126,3 +126,19 @@ def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
         if outer[at:at + len(inner)] == inner:
             return outer[:at], outer[at + len(inner):]
     return [], []
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """EOS plus the token that closes an assistant turn in the chat template (they differ
+    for many chat models: a model that stops only at EOS would run past its turn)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if getattr(tokenizer, "chat_template", None):
+        conv = [Message("user", "hi"), Message("assistant", "ok")]
+        text = render(tokenizer, conv)
+        start = len(render(tokenizer, conv[:1], generation_prompt=True))
+        end = _end_of_turn(tokenizer, text, start, len(text), conv[1])
+        tail = text[start:end]
+        for tok in tokenizer.all_special_tokens:
+            if tail.endswith(tok):
+                ids.add(tokenizer.convert_tokens_to_ids(tok))
+    return ids

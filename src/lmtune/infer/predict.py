@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune import dist
@@ -14,7 +15,30 @@ from lmtune.data.collate import Encoded, encode
 from lmtune.errors import LmtuneError
 from lmtune.eval.run import evaluate, predict_proba
 from lmtune.models.io import load_saved
-from lmtune.models.load import attention_impl
+from lmtune.models.load import attention_impl, resolve_model
+
+
+@dataclass
+class Run:
+    """What loading needs from a run dir, or from a bare model (HF dir, hub id, alias)."""
+
+    config: Config | None
+    model_dir: Path
+    base: str
+    trust: bool
+
+
+def open_run(path: str | Path, cache_dir: str = "") -> Run:
+    p = Path(path)
+    if (p / "config.yaml").exists():
+        config = load_config(p / "config.yaml")
+        return Run(config, p / "model", config.model, config.trust_remote_code)
+    if p.is_dir():  # a bare HF model dir (full fine-tune) has no base to resolve
+        return Run(None, p, str(p), False)
+    resolved = Path(resolve_model(str(path), cache_dir))
+    if not resolved.is_dir():
+        raise LmtuneError(f"{path}: not a run dir, a model dir or an alias")
+    return Run(None, resolved, str(resolved), False)
 
 
 class Predictor:
@@ -25,15 +49,11 @@ class Predictor:
         path = Path(path)
         if not path.is_dir():
             raise LmtuneError(f"{path}: not a run dir or model dir")
-        if (path / "config.yaml").exists():  # a run dir
-            self.config: Config | None = load_config(path / "config.yaml")
-            model_dir, base = path / "model", self.config.model
-            trust = self.config.trust_remote_code
-        else:  # a bare HF model dir (full fine-tune) has no base to resolve
-            self.config, model_dir, base, trust = None, path, str(path), False
+        run = open_run(path)
+        self.config: Config | None = run.config
         attention = attention_impl(self.config.attention if self.config else "auto",
                                    dist.device_type())
-        self.model, self.tokenizer = load_saved(model_dir, base, trust, attention)
+        self.model, self.tokenizer = load_saved(run.model_dir, run.base, run.trust, attention)
         id2label = self.model.config.id2label
         self.label_names = [id2label[i] for i in range(len(id2label))]
         self.max_length = self.config.train.max_length if self.config else 512
@@ -72,9 +92,25 @@ class Predictor:
         return self.predict(list(texts))
 
 
-def pipeline(path: str | Path, **kwargs) -> Predictor:
-    """The seed's `pipeline(...)` for a saved run: call it on a text or a list of texts."""
+def pipeline(path: str | Path, **kwargs):
+    """The seed's `pipeline(...)` for a saved run: call it on a text or a list of texts.
+
+    A classification run gives label + score; an sft/clm run (or a causal LM) gives text.
+    """
+    run = open_run(path)
+    task = run.config.task if run.config else _task_of(run.model_dir)
+    if task in ("sft", "clm"):
+        from lmtune.infer.generate import Generator
+
+        return Generator(path, **kwargs)
     return Predictor(path, **kwargs)
+
+
+def _task_of(model_dir: Path) -> str:
+    import json
+
+    archs = json.loads((model_dir / "config.json").read_text()).get("architectures") or [""]
+    return "sft" if archs[0].endswith("ForCausalLM") else "classify"
 
 
 def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor, dict]:

@@ -1,0 +1,75 @@
+"""Generation: the training template, batched = one by one, stops at end of turn."""
+import json
+
+import pytest
+
+from lmtune.cli import main
+from lmtune.data.formats import Message
+from lmtune.data.templates import end_of_turn_ids
+from lmtune.infer.generate import Generator
+from lmtune.infer.predict import pipeline
+from tests.conftest import chat_rows
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_llama, tmp_path_factory):
+    """A tiny Llama taught to repeat words back and end its turn."""
+    d = tmp_path_factory.mktemp("sft")
+    data = d / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(400)))
+    assert main(["train", "--quiet", "task=sft", "train.precision=fp32", "train.threads=1",
+                 f"model={tiny_llama}", f"data.train={data}", f"output_dir={d / 'run'}",
+                 "train.lr=3e-3", "train.epochs=20", "train.batch_size=16",
+                 "train.warmup=0.05"]) == 0
+    return d / "run"
+
+
+PROMPTS = ["repeat: the cat sat", "repeat: dog ran to park", "repeat: hello world",
+           "repeat: a short text"]
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(sft_run):
+    gen = Generator(sft_run, precision="fp32")
+    together = gen(PROMPTS)
+    alone = [gen(p) for p in PROMPTS]
+    assert together == alone  # left padding changes nothing
+    assert pipeline(sft_run, precision="fp32")(PROMPTS[0]) == together[0]
+
+
+def test_generation_uses_the_training_template_and_stops_at_end_of_turn(sft_run):
+    gen = Generator(sft_run, precision="fp32")
+    conv = [Message("user", "repeat: hello world"), Message("assistant", "hello world")]
+    assert gen.prompt_text(conv) == "### User:\nrepeat: hello world\n### Assistant:\n"
+    settings = gen.settings
+    for prompt, text in zip(PROMPTS, gen(PROMPTS)):
+        n = len(gen.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert n < settings.max_new_tokens, f"{prompt!r} ran on: {text!r}"
+    assert "hello world" in gen(PROMPTS)  # it learned the task, copy included
+
+
+def test_end_of_turn_and_eos_both_stop(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.add_special_tokens({"eos_token": "</s>"})  # EOS no longer the end-of-turn token
+    assert end_of_turn_ids(tok) == {tok.convert_tokens_to_ids("</s>"),
+                                    tok.convert_tokens_to_ids("<|endoftext|>")}
+
+
+def test_generate_cli_reads_chat_jsonl_and_keeps_the_reference_apart(sft_run, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": p},
+                          {"role": "assistant", "content": p.split(": ", 1)[1]}]}
+            for p in PROMPTS]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["generate", str(sft_run), "--input", str(src), "--output", str(out),
+                 "generate.max_new_tokens=12"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["prompt"] for g in got] == PROMPTS
+    assert [g["reference"] for g in got] == [p.split(": ", 1)[1] for p in PROMPTS]
+    assert all(isinstance(g["text"], str) for g in got)
+
+
+def test_generate_cli_rejects_other_settings(sft_run, capsys):
+    assert main(["generate", str(sft_run), "--prompt", "hi", "train.lr=1"]) == 2
+    assert "only generate.* settings" in capsys.readouterr().err
