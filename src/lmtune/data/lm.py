@@ -35,13 +35,13 @@ class LMSplits:
 
 def load_lm_splits(cfg: Config, train_table: Table | None = None) -> LMSplits:
     data = cfg.data
-    source = train_table if train_table is not None else read_source(data.train, cfg.seed)
+    source = train_table if train_table is not None else read_source(data.train, cfg.seed, cfg.cache_dir)
     tables = dict(source) if isinstance(source, dict) else {"train": source}
     if "valid" in tables and "validation" not in tables:
         tables["validation"] = tables.pop("valid")
     for key in ("validation", "test"):
         if getattr(data, key) is not None:
-            t = read_source(getattr(data, key), cfg.seed)
+            t = read_source(getattr(data, key), cfg.seed, cfg.cache_dir)
             tables[key] = t.get(key, next(iter(t.values()))) if isinstance(t, dict) else t
     if "train" not in tables:
         raise LmtuneError(f"{data.train}: has splits {', '.join(tables)} but no 'train' split")

