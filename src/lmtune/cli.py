@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", dest="json_path", help="where to write the metrics "
                    "(default: RUN_DIR/eval.json)")
     e.add_argument("--output", help="write one prediction per input row to this JSONL file")
+    e.add_argument("--compare-base", action="store_true", help="also evaluate the model the "
+                   "run started from, side by side (sft/clm/mlm)")
 
     g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
                        "causal LM", formatter_class=fmt, description="Generate text. "
@@ -136,8 +138,15 @@ def cmd_resume(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from lmtune.infer.predict import evaluate_run
+    from lmtune.infer.predict import evaluate_run, open_run
     from lmtune.rundir import atomic_write_json
+
+    run = open_run(args.run_dir) if Path(args.run_dir).is_dir() else None
+    if run is not None and run.config is not None and run.config.task != "classify":
+        return cmd_eval_lm(args)
+    if args.compare_base:
+        raise LmtuneError("--compare-base: a classification run's base model has no trained "
+                          "head; the majority-class baseline is printed instead")
 
     clf, metrics = evaluate_run(args.run_dir, args.overrides)
     texts, labels = metrics.pop("texts"), metrics.pop("labels")
@@ -148,6 +157,21 @@ def cmd_eval(args) -> int:
     if args.output:
         preds = clf.predict(texts)
         rows = [{"text": t, "label": y, **p} for t, y, p in zip(texts, labels, preds)]
+        write_jsonl(Path(args.output), rows)
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    return 0
+
+
+def cmd_eval_lm(args) -> int:
+    from lmtune.infer.lm_eval import evaluate_lm_run, format_lm_metrics
+    from lmtune.rundir import atomic_write_json
+
+    result, rows = evaluate_lm_run(args.run_dir, args.overrides, args.compare_base)
+    print(format_lm_metrics(result))
+    out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
+    atomic_write_json(out, result)
+    print(f"\nwrote {out}")
+    if args.output:
         write_jsonl(Path(args.output), rows)
         print(f"wrote {len(rows)} predictions to {args.output}")
     return 0

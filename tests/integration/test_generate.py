@@ -73,3 +73,21 @@ def test_generate_cli_reads_chat_jsonl_and_keeps_the_reference_apart(sft_run, tm
 def test_generate_cli_rejects_other_settings(sft_run, capsys):
     assert main(["generate", str(sft_run), "--prompt", "hi", "train.lr=1"]) == 2
     assert "only generate.* settings" in capsys.readouterr().err
+
+
+def test_eval_of_an_sft_run_compares_with_its_base(sft_run, tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    assert main(["eval", str(sft_run), "--compare-base", "--output", str(out),
+                 "eval.max_samples=8", "generate.max_new_tokens=12"]) == 0
+    result = json.loads((sft_run / "eval.json").read_text())
+    tuned, base = result["test"], result["base"]["test"]
+    for m in (tuned, base):
+        assert {"loss", "perplexity", "rouge1", "rouge2", "rougeL", "bleu", "chrf",
+                "exact_match"} <= set(m)
+        assert m["generated"] == 8
+    assert tuned["loss"] < base["loss"] and tuned["rougeL"] > base["rougeL"]
+    table = capsys.readouterr().out
+    assert "base" in table and "tuned" in table and "change" in table
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 8 and all({"prompt", "reference", "text", "base_text"} <= set(r)
+                                  for r in rows)

@@ -42,3 +42,23 @@ def test_lr_schedule_shapes():
     assert lr_factor(7, 4, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(5, 4, 10, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
     assert lr_factor(9, 0, 10, "constant") == 1.0
+
+
+# ------------------------------------------------------------------- generation metrics
+
+
+def test_generation_metrics_known_values():
+    from lmtune.eval.metrics import generation_metrics
+
+    m = generation_metrics(["the cat was on the mat"], ["the cat sat on the mat"])
+    assert m["rouge1"] == pytest.approx(100 * 5 / 6)  # 5 of 6 unigrams on each side
+    assert m["rouge2"] == pytest.approx(100 * 3 / 5)  # the cat, on the, the mat
+    # BLEU by hand: n-gram precisions 5/6, 3/5, 1/4 and 0/3 (exp-smoothed to 1/(2*3)),
+    # brevity penalty 1
+    assert m["bleu"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25)
+    assert m["exact_match"] == 0.0 and 0 < m["chrf"] < 100
+    same = generation_metrics(["The cat  sat."], ["the cat sat."])
+    assert same["exact_match"] == 1.0  # case and spacing do not count
+    none = generation_metrics(["zzz"], ["the cat sat"])
+    assert none["rouge1"] == none["rougeL"] == none["bleu"] == 0.0
+    assert generation_metrics(["a b", "x"], ["a b", "y"])["exact_match"] == 0.5

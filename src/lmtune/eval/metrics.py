@@ -58,3 +58,46 @@ def majority_baseline(train_labels: list, test_labels: list) -> float:
     counts = Counter(train_labels)
     majority = min(counts, key=lambda x: (-counts[x], x))
     return sum(t == majority for t in test_labels) / len(test_labels)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generation_metrics(predictions: list[str], references: list[str]) -> dict:
+    """ROUGE-1/2/L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), all 0-100,
+    and exact match (0-1, after lowercasing and collapsing whitespace)."""
+    if len(predictions) != len(references) or not references:
+        raise ValueError("need as many predictions as references, and at least one")
+    return {**rouge(predictions, references), "bleu": bleu(predictions, references),
+            "chrf": chrf(predictions, references),
+            "exact_match": exact_match(predictions, references), "n": len(references)}
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict:
+    from rouge_score import rouge_scorer
+
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    sums = dict.fromkeys(keys, 0.0)
+    for p, r in zip(predictions, references):
+        scores = scorer.score(r, p)  # (target, prediction)
+        for k in keys:
+            sums[k] += scores[k].fmeasure
+    return {k: 100 * v / len(references) for k, v in sums.items()}
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(predictions, [references]).score
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(predictions, [references]).score
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(references)
