@@ -81,7 +81,8 @@ class FitState:
     batch: int = 0  # index in this epoch's batch list where the next step starts
     samples: int = 0
     tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole fit loop
+    aside_seconds: float = 0.0  # of which validation and checkpoints (not training)
     best: dict = field(default_factory=dict)  # {"step", metric name: value}
     last_eval_step: int = -1
     window_loss: float = 0.0  # the not yet logged part of the loss window
@@ -100,7 +101,7 @@ class RunResult:
     best: dict
     steps: int
     train_seconds: float
-    samples_per_second: float
+    samples_per_second: float  # training steps only (validation and checkpoints excluded)
     tokens_per_second: float
 
 
@@ -286,6 +287,7 @@ def stop_requested(s: Setup, stop: checkpoint.StopRequest) -> bool:
 def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
                     start: float) -> Path | None:
     """Write a checkpoint of the current step. Every rank calls it; rank 0 writes."""
+    began = time.perf_counter()
     acc = s.accelerator
     if acc.num_processes > 1:  # every rank's loss share, and RNG streams, go in one file set
         window_loss = acc.reduce(window_loss, reduction="sum")
@@ -309,6 +311,7 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
     else:  # only rank 0 carries the loss window on
         state.window_loss = 0.0
     acc.wait_for_everyone()
+    state.aside_seconds += time.perf_counter() - began
     return path
 
 
@@ -362,6 +365,7 @@ def headline(metrics: dict) -> dict:
 
 def validate(s: Setup, state: FitState, epoch: int) -> None:
     """Evaluate on the validation split; keep a copy of the best trainable weights."""
+    began = time.perf_counter()
     metrics = headline(evaluate_split(s, "validation"))
     state.last_eval_step = state.step
     name = s.cfg.metric
@@ -372,6 +376,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
     if better:
         state.best = {"step": state.step, **metrics}
         state.best_weights = trainable_state(s.accelerator.unwrap_model(s.model))
+    state.aside_seconds += time.perf_counter() - began
 
 
 # ---------------------------------------------------------------------------- finish
@@ -386,7 +391,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
         test = evaluate_split(s, "test")
         s.logger.log({"step": state.step, "split": "test", **headline(test)})
     s.accelerator.wait_for_everyone()
-    seconds = max(state.seconds, 1e-9)
+    seconds = max(state.seconds - state.aside_seconds, 1e-9)
     result = RunResult(s.out, test, state.best, state.step, state.seconds,
                        state.samples / seconds, state.tokens / seconds)
     if s.accelerator.is_main_process:
@@ -406,8 +411,9 @@ def summary(s: Setup, r: RunResult, model) -> str:
             ("train rows", f"{len(s.data['train']):,}" + (" (packed)" if s.cfg.data.packing
                                                             else "")),
             ("steps", f"{r.steps} ({r.steps / s.steps_per_epoch:.2f} epochs)"),
-            ("train time", f"{r.train_seconds:.1f} s ({r.samples_per_second:.0f} rows/s, "
-                           f"{r.tokens_per_second:.0f} tokens/s)"),
+            ("train time", f"{r.train_seconds:.1f} s; training steps ran at "
+                           f"{r.samples_per_second:.1f} rows/s, "
+                           f"{r.tokens_per_second:.0f} tokens/s"),
             (f"best validation {s.cfg.metric}",
              f"{r.best[s.cfg.metric]:.4f} (step {r.best['step']})")]
     if r.test is not None:
