@@ -91,3 +91,14 @@ def test_eval_of_an_sft_run_compares_with_its_base(sft_run, tmp_path, capsys):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 8 and all({"prompt", "reference", "text", "base_text"} <= set(r)
                                   for r in rows)
+
+
+def test_stop_strings_end_the_answer(sft_run):
+    from lmtune.config import GenerateConfig
+
+    gen = Generator(sft_run, precision="fp32")
+    full = gen.generate([[Message("user", "repeat: hello world")]])[0]
+    assert "world" in full
+    cut = gen.generate([[Message("user", "repeat: hello world")]],
+                       GenerateConfig(stop=["world"]))[0]
+    assert cut == full[:full.index("world")].strip()
