@@ -31,7 +31,8 @@ from lmtune.eval.run import evaluate, evaluate_lm
 from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
 from lmtune.objectives import OBJECTIVES, loss_sum, make_batch
-from lmtune.models.methods import apply_method, count_parameters, trainable_state
+from lmtune.models.methods import (apply_method, count_parameters,
+                                   hold_frozen_linears_in_bf16, trainable_state)
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.track import JsonlLogger, NullLogger
 
@@ -87,6 +88,7 @@ class FitState:
     last_eval_step: int = -1
     window_loss: float = 0.0  # the not yet logged part of the loss window
     window_samples: int = 0
+    window_tokens: int = 0
     best_weights: dict | None = None
 
     def progress(self, world_size: int) -> dict:
@@ -145,6 +147,8 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
                           f"{limit} positions {cfg.model} was trained with")
     model = apply_method(model, cfg)
+    if precision == "bf16" and cfg.method != "full":  # same matmul inputs, half the memory
+        hold_frozen_linears_in_bf16(model)
     accelerator = dist.make_accelerator()
     batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
     steps_per_epoch = max(1, batches // accelerator.num_processes) \
@@ -206,7 +210,9 @@ def fit(s: Setup, progress: bool = True) -> FitState:
                 window_loss += train_step(s, data, group[rank::world], n)
                 state.step += 1
                 state.samples += sum(map(len, group))
-                state.tokens += sum(lengths[i] for b in group for i in b)
+                tokens = sum(lengths[i] for b in group for i in b)  # real, not padding
+                state.tokens += tokens
+                state.window_tokens += tokens
                 state.window_samples += sum(map(len, group))
                 bar.update(1)
                 if state.step % tc.log_every == 0 or state.step == s.total_steps:
@@ -214,7 +220,7 @@ def fit(s: Setup, progress: bool = True) -> FitState:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                     sps=f"{row['samples_per_s']:.0f}")
                     window_loss, window_start = torch.zeros_like(window_loss), time.perf_counter()
-                    state.window_samples = 0
+                    state.window_samples = state.window_tokens = 0
                 if tc.eval_every and state.step % tc.eval_every == 0:
                     validate(s, state, state.epoch)
                 if stop_requested(s, stop):
@@ -243,7 +249,8 @@ def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_star
     row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
            "loss": window_loss.item() / max(1, _steps_in_window(state, s.cfg.train)),
            "lr": s.scheduler.get_last_lr()[0],
-           "samples_per_s": state.window_samples / max(now - window_start, 1e-9)}
+           "samples_per_s": state.window_samples / max(now - window_start, 1e-9),
+           "tokens_per_s": state.window_tokens / max(now - window_start, 1e-9)}
     s.logger.log(row)
     return row
 

@@ -169,3 +169,28 @@ def test_mlm_then_classification_from_its_output(tiny_bert, tmp_path):
                  f"output_dir={tmp_path / 'clf'}", "train.precision=fp32", "train.threads=1",
                  "train.max_steps=5"]) == 0
     assert json.loads((tmp_path / "clf" / "eval.json").read_text())["test"]["accuracy"] >= 0
+
+
+@pytest.mark.parametrize("method", ["lora", "freeze"])
+def test_frozen_linears_held_in_bf16_change_no_number_under_autocast(tiny_llama, method):
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.models.methods import apply_method, hold_frozen_linears_in_bf16
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    model = apply_method(model, load_config(None, ["task=sft", f"method={method}",
+                                                   "freeze.layers=1", "lora.dropout=0"]))
+    with torch.no_grad():  # a trained adapter, not the zero-initialized one
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    model.eval()
+    ids = torch.randint(5, 290, (2, 24))
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    with torch.no_grad(), autocast():
+        want = model(input_ids=ids).logits.float()
+    assert hold_frozen_linears_in_bf16(model) > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    with torch.no_grad(), autocast():
+        got = model(input_ids=ids).logits.float()
+    assert torch.equal(got, want)

@@ -1,0 +1,211 @@
+"""lmtune vs HF Trainer: MiniLM sentiment classification, side by side, in one run.
+
+    .venv/bin/python bench/classify.py            # 3 rounds, 40 steps a run (about 8 min)
+    .venv/bin/python bench/classify.py --quick    # 2 rounds, 12 steps a run (under 5 min)
+
+Every run is a child process of this one (so each has its own peak RSS), and the runs are
+interleaved: lmtune, Trainer at its best, Trainer as the seed configures it, lmtune, ...
+All train all-MiniLM-L6-v2 on the same Rotten Tomatoes rows, batch 32, lr 1e-4, AdamW
+(weight decay 0.01), clipping at 1.0, no warmup, the same number of optimizer steps.
+
+    lmtune            defaults: bf16 autocast, dynamic padding, length-grouped batches
+    trainer_best      Trainer with bf16=True, dynamic padding (DataCollatorWithPadding),
+                      train_sampling_strategy=group_by_length, optim=adamw_torch_fused
+    trainer_seed      Trainer as a user copying the seed sets it up: fp32, every text padded
+                      to max_length=128
+
+Throughput counts the steps after the first 3 (kernel set-up), from step timestamps.
+Achieved GFLOP/s = 6 x non-embedding parameters x real (non-pad) tokens / second, as a share
+of the bf16 matmul ceiling, which a child measures in the same run (2048^3 matmuls).
+The last line holds the figures as key=value pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+BATCH, LR, MAX_LENGTH, WARMUP_STEPS = 32, 1e-4, 128, 3
+
+
+def rows(n: int) -> tuple[list[str], list[int]]:
+    from lmtune.data.builtin import rotten_tomatoes
+
+    train = rotten_tomatoes(seed=42)["train"].rows[:n]
+    return [r["text"] for r in train], [int(r["label"] == "fresh") for r in train]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def non_embedding_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+def steady(times: list[float], samples: list[int], tokens: list[int]) -> tuple[float, float]:
+    """(samples/s, real tokens/s) over the steps after the first WARMUP_STEPS."""
+    t = sum(times[WARMUP_STEPS:])
+    return sum(samples[WARMUP_STEPS:]) / t, sum(tokens[WARMUP_STEPS:]) / t
+
+
+# ------------------------------------------------------------------------------ children
+
+
+def run_ceiling() -> dict:
+    import torch
+
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best.append(10 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9)
+    return {"gflops": statistics.median(best)}
+
+
+def run_lmtune(steps: int) -> dict:
+    import tempfile
+
+    from lmtune.config import load_config
+    from lmtune.data.readers import from_lists
+    from lmtune.train import fit, prepare
+
+    texts, labels = rows(steps * BATCH * 2)
+    table = from_lists({"text": texts, "label": [str(x) for x in labels]})
+    out = tempfile.mkdtemp()
+    cfg = load_config(None, [f"output_dir={out}/run", f"train.max_steps={steps}",
+                             f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
+                             "train.log_every=1", "data.val_fraction=0.02",
+                             "data.test_fraction=0.02"])
+    s = prepare(cfg, train_table=table)
+    fit(s, progress=False)
+    log = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl") if '"lr"' in x]
+    times = [BATCH / r["samples_per_s"] for r in log]  # one row per step, BATCH rows each
+    tokens = [r["tokens_per_s"] * t for r, t in zip(log, times)]
+    sps, tps = steady(times, [BATCH] * len(log), tokens)
+    model = s.accelerator.unwrap_model(s.model)
+    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
+            "non_embedding_params": non_embedding_params(model)}
+
+
+def run_trainer(steps: int, best: bool) -> dict:
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
+                              DataCollatorWithPadding, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    from lmtune.models.load import resolve_model
+
+    torch.manual_seed(42)
+    path = resolve_model("minilm")
+    tok = AutoTokenizer.from_pretrained(path)
+    texts, labels = rows(steps * BATCH * 2)
+    enc = tok(texts, truncation=True, max_length=MAX_LENGTH,
+              padding=False if best else "max_length")
+    data = Dataset.from_dict({"input_ids": enc["input_ids"],
+                              "attention_mask": enc["attention_mask"], "labels": labels,
+                              "length": [len(x) for x in enc["input_ids"]]})
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.begin = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.begin)
+
+    from transformers import default_data_collator
+
+    counted: list[int] = []  # real tokens of each batch, in the order the loader made them
+    base = DataCollatorWithPadding(tok) if best else default_data_collator
+
+    def collate(features):
+        counted.append(sum(sum(f["attention_mask"]) for f in features))
+        return base(features)
+
+    clock = Clock()
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
+        learning_rate=LR, weight_decay=0.01, max_grad_norm=1.0, warmup_steps=0,
+        lr_scheduler_type="linear", bf16=best, use_cpu=True, report_to=[],
+        save_strategy="no", eval_strategy="no", logging_steps=10_000, disable_tqdm=True,
+        optim="adamw_torch_fused" if best else "adamw_torch",
+        train_sampling_strategy="group_by_length" if best else "random", seed=42)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[clock],
+                      data_collator=collate)
+    trainer.train()
+    sps, tps = steady(clock.times, [BATCH] * len(clock.times), counted[:len(clock.times)])
+    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
+            "non_embedding_params": non_embedding_params(model)}
+
+
+# ------------------------------------------------------------------------------- parent
+
+CHILDREN = {"ceiling": lambda steps: run_ceiling(), "lmtune": run_lmtune,
+            "trainer_best": lambda steps: run_trainer(steps, best=True),
+            "trainer_seed": lambda steps: run_trainer(steps, best=False)}
+
+
+def spawn(kind: str, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 12 steps")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    steps = args.steps or (12 if args.quick else 40)
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](steps)))
+        return
+    rounds = args.rounds or (2 if args.quick else 3)
+    results: dict[str, list[dict]] = {k: [] for k in CHILDREN}
+    for r in range(rounds):
+        for kind in CHILDREN:  # interleaved: A B C D A B C D ...
+            results[kind].append(spawn(kind, steps))
+            print(f"round {r + 1}/{rounds} {kind}: {json.dumps(results[kind][-1])}",
+                  flush=True)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}
+    ceiling = med["ceiling"]["gflops"]
+    print(f"\nmedians of {rounds} rounds, {steps} steps of batch {BATCH} each "
+          f"(bf16 matmul ceiling {ceiling:.0f} GFLOP/s):")
+    print(f"  {'run':<14}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'ceiling':>9}"
+          f"{'peak RSS MB':>13}")
+    share = {}
+    for kind in ("lmtune", "trainer_best", "trainer_seed"):
+        m = med[kind]
+        gflops = 6 * m["non_embedding_params"] * m["tokens_per_s"] / 1e9
+        share[kind] = gflops / ceiling
+        print(f"  {kind:<14}{m['samples_per_s']:>10.1f}{m['tokens_per_s']:>10.0f}"
+              f"{gflops:>9.1f}{share[kind]:>9.1%}{m['peak_rss_mb']:>13.0f}")
+    lm, best, seed = med["lmtune"], med["trainer_best"], med["trainer_seed"]
+    print(f"speedup_vs_best={lm['samples_per_s'] / best['samples_per_s']:.2f} "
+          f"speedup_vs_seed={lm['samples_per_s'] / seed['samples_per_s']:.2f} "
+          f"ceiling_share={share['lmtune']:.2f} "
+          f"rss_ratio={lm['peak_rss_mb'] / best['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
