@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]",
                    help="an optional YAML config, then dotted overrides")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=1, metavar="N", help="train in N processes "
+                   "on this machine (torchrun; gloo on CPU, NCCL on GPUs); train.batch_size "
+                   "is per process")
 
     r = sub.add_parser("resume", help="continue a stopped run from its newest valid checkpoint",
                        formatter_class=fmt, description="Continue a run exactly where its "
@@ -111,6 +114,9 @@ def cmd_train(args) -> int:
     from lmtune.config import load_config
     from lmtune.train import train
 
+    if args.nproc > 1:
+        return launch(args.nproc, ["train", *(["--quiet"] if args.quiet else []), *args.args])
+
     items = list(args.args)
     path = None
     if items and "=" not in items[0]:
@@ -122,6 +128,16 @@ def cmd_train(args) -> int:
     cfg = load_config(path, items)
     train(cfg, progress=not args.quiet)
     return 0
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `lmtune ARGV` in `nproc` processes under torchrun (standalone rendezvous)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(nproc), "-m", "lmtune", *argv]
+    print("launching: " + " ".join(cmd[1:]), file=sys.stderr)
+    return subprocess.run(cmd).returncode
 
 
 def cmd_resume(args) -> int:

@@ -26,8 +26,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_bert, sentiment
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone",
-         "--nproc_per_node", "2", "-m", "lmtune", "train", "--quiet", *base,
+        [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet", *base,
          "train.grad_accum=1", f"output_dir={two}"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
