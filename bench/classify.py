@@ -72,7 +72,7 @@ def run_ceiling() -> dict:
     return {"gflops": statistics.median(best)}
 
 
-def run_lmtune(steps: int) -> dict:
+def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
     import tempfile
 
     from lmtune.config import load_config
@@ -85,7 +85,7 @@ def run_lmtune(steps: int) -> dict:
     cfg = load_config(None, [f"output_dir={out}/run", f"train.max_steps={steps}",
                              f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
                              "train.log_every=1", "data.val_fraction=0.02",
-                             "data.test_fraction=0.02"])
+                             "data.test_fraction=0.02", *extra])
     s = prepare(cfg, train_table=table)
     fit(s, progress=False)
     log = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl") if '"lr"' in x]
@@ -142,7 +142,8 @@ def run_trainer(steps: int, best: bool) -> dict:
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
         learning_rate=LR, weight_decay=0.01, max_grad_norm=1.0, warmup_steps=0,
-        lr_scheduler_type="linear", bf16=best, use_cpu=True, report_to=[],
+        lr_scheduler_type="linear", bf16=best, use_cpu=not torch.cuda.is_available(),
+        report_to=[],
         save_strategy="no", eval_strategy="no", logging_steps=10_000, disable_tqdm=True,
         optim="adamw_torch_fused" if best else "adamw_torch",
         train_sampling_strategy="group_by_length" if best else "random", seed=42)
@@ -156,13 +157,14 @@ def run_trainer(steps: int, best: bool) -> dict:
 
 # ------------------------------------------------------------------------------- parent
 
-CHILDREN = {"ceiling": lambda steps: run_ceiling(), "lmtune": run_lmtune,
-            "trainer_best": lambda steps: run_trainer(steps, best=True),
-            "trainer_seed": lambda steps: run_trainer(steps, best=False)}
+CHILDREN = {"ceiling": lambda steps, extra: run_ceiling(), "lmtune": run_lmtune,
+            "trainer_best": lambda steps, extra: run_trainer(steps, best=True),
+            "trainer_seed": lambda steps, extra: run_trainer(steps, best=False)}
 
 
-def spawn(kind: str, steps: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps)],
+def spawn(kind: str, steps: int, extra: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps),
+                           *(f"--set={x}" for x in extra)],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
@@ -174,17 +176,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds of 12 steps")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an lmtune config override for its runs (to measure a lever)")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = args.steps or (12 if args.quick else 40)
     if args.child:
-        print(json.dumps(CHILDREN[args.child](steps)))
+        print(json.dumps(CHILDREN[args.child](steps, args.set)))
         return
     rounds = args.rounds or (2 if args.quick else 3)
     results: dict[str, list[dict]] = {k: [] for k in CHILDREN}
     for r in range(rounds):
         for kind in CHILDREN:  # interleaved: A B C D A B C D ...
-            results[kind].append(spawn(kind, steps))
+            results[kind].append(spawn(kind, steps, args.set))
             print(f"round {r + 1}/{rounds} {kind}: {json.dumps(results[kind][-1])}",
                   flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}

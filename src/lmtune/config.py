@@ -189,8 +189,9 @@ class Config:
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
     cache_dir: str = opt("", "where converted models are kept (empty: $XDG_CACHE_HOME/lmtune "
                          "or ~/.cache/lmtune)")
-    attention: str = opt("auto", "attention implementation: auto (eager on CPU, where it "
-                         "trains MiniLM 1.3x faster than sdpa; sdpa on GPU), eager, sdpa")
+    attention: str = opt("auto", "attention implementation: auto (eager for encoders on "
+                         "CPU, where it trains MiniLM 1.3x faster; sdpa otherwise), eager, "
+                         "sdpa")
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -141,7 +141,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         report = vars(lm_report)
         print("data: " + "\n      ".join(lm_report.lines()), file=sys.stderr)
     model = load_model(cfg.task, model_path, label_names, cfg.trust_remote_code,
-                       attention_impl(cfg.attention, dist.device_type()))
+                       attention_impl(cfg.attention, dist.device_type(), cfg.task))
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.train.max_length > limit:
         raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "

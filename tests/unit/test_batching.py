@@ -99,3 +99,14 @@ def test_rotten_tomatoes_split_by_movie():
 def test_encoded_labels_tensor_dtype():
     b = collate(Encoded([[1, 2]], [0]), [0], 0)
     assert b["input_ids"].dtype == torch.long and b["labels"].dtype == torch.long
+
+
+def test_eval_batches_respect_a_token_budget():
+    from lmtune.data.collate import eval_batches
+
+    lengths = [5, 100, 7, 60, 100, 3, 50]
+    batches = eval_batches(lengths, batch_size=4, max_tokens=160)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 4 and len(b) * max(lengths[i] for i in b) <= 160 for b in batches)
+    assert eval_batches(lengths, batch_size=3) == [[5, 0, 2], [6, 3, 1], [4]]
+    assert eval_batches([], 4) == []

@@ -67,10 +67,22 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     return batches
 
 
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Deterministic batches sorted by length (fastest for inference); callers restore order."""
+def eval_batches(lengths: list[int], batch_size: int,
+                 max_tokens: int | None = None) -> list[list[int]]:
+    """Deterministic batches sorted by length (fastest for inference); callers restore order.
+
+    With `max_tokens`, a batch also stops growing once its padded size (rows x longest row)
+    would pass it: long rows come fewer to a batch, so peak memory stays flat.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = [[]]
+    for i in order:
+        rows = len(batches[-1]) + 1
+        if batches[-1] and (rows > batch_size or
+                            (max_tokens is not None and rows * lengths[i] > max_tokens)):
+            batches.append([])
+        batches[-1].append(i)
+    return batches if batches[0] else []
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int,

@@ -57,6 +57,9 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
     return probs
 
 
+EVAL_TOKENS = 8192  # tokens per LM evaluation batch, at most
+
+
 def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
                 autocast=contextlib.nullcontext) -> dict:
     """Token-level loss and perplexity (causal: next token; mlm: masked tokens), streamed:
@@ -69,7 +72,10 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
     total, units = 0.0, 0
     try:
         with torch.inference_mode():
-            for idx in eval_batches([len(x) for x in data.input_ids], batch_size):
+            # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
+            # with a 49k vocabulary, 128 long rows would need gigabytes.
+            for idx in eval_batches([len(x) for x in data.input_ids], batch_size,
+                                    max_tokens=EVAL_TOKENS):
                 batch = make_batch(objective, data, idx, pad_id, device)
                 total += loss_sum(objective, model, batch, autocast).item()
                 units += data.count_units(idx)

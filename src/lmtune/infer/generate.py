@@ -28,9 +28,9 @@ class Generator:
     def __init__(self, path: str | Path, precision: str = "auto", cache_dir: str = ""):
         run = open_run(path, cache_dir)
         self.config = run.config
-        attention = attention_impl(run.config.attention if run.config else "auto",
-                                   dist.device_type())
         task = "clm" if run.config and run.config.task == "clm" else "sft"
+        attention = attention_impl(run.config.attention if run.config else "auto",
+                                   dist.device_type(), task)
         self.model, self.tokenizer = load_saved(run.model_dir, run.base, run.trust, attention,
                                                 task=task, cache_dir=cache_dir)
         if hasattr(self.model, "merge_and_unload"):  # a LoRA adapter: fold it in, decode
