@@ -36,6 +36,7 @@ def rows(run_dir):
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         row.pop("samples_per_s", None)
+        row.pop("tokens_per_s", None)
         if "event" not in row:
             out.append(row)
     return out
