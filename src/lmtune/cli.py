@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: RUN_DIR/eval.json)")
     e.add_argument("--output", help="write one prediction per input row to this JSONL file")
     e.add_argument("--compare-base", action="store_true", help="also evaluate the model the "
-                   "run started from, side by side (sft/clm/mlm)")
+                   "run started from, side by side")
 
     g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
                        "causal LM", formatter_class=fmt, description="Generate text. "
@@ -160,15 +160,18 @@ def cmd_eval(args) -> int:
     run = open_run(args.run_dir) if Path(args.run_dir).is_dir() else None
     if run is not None and run.config is not None and run.config.task != "classify":
         return cmd_eval_lm(args)
-    if args.compare_base:
-        raise LmtuneError("--compare-base: a classification run's base model has no trained "
-                          "head; the majority-class baseline is printed instead")
-
     clf, metrics = evaluate_run(args.run_dir, args.overrides)
     texts, labels = metrics.pop("texts"), metrics.pop("labels")
     print(format_metrics(metrics, clf.label_names))
+    result = {"test": metrics}
+    if args.compare_base:
+        from lmtune.infer.predict import evaluate_base
+
+        base = evaluate_base(clf, texts, labels)
+        result["base"] = {"test": base}
+        print(format_comparison(base, metrics))
     out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
-    atomic_write_json(out, {"test": metrics})
+    atomic_write_json(out, result)
     print(f"\nwrote {out}")
     if args.output:
         preds = clf.predict(texts)
@@ -191,6 +194,17 @@ def cmd_eval_lm(args) -> int:
         write_jsonl(Path(args.output), rows)
         print(f"wrote {len(rows)} predictions to {args.output}")
     return 0
+
+
+def format_comparison(base: dict, tuned: dict) -> str:
+    """Base (the pretrained encoder with a new, untrained head) beside the tuned run."""
+    lines = ["", f"  {'metric':<18} {'base':>8} {'tuned':>8} {'change':>8}"]
+    for k in ("accuracy", "macro_f1", "loss"):
+        lines.append(f"  {k:<18} {base[k]:8.4f} {tuned[k]:8.4f} {tuned[k] - base[k]:+8.4f}")
+    lines.append(f"  {'majority baseline':<18} {tuned['majority_baseline']:8.4f}")
+    lines.append("  (base: the pretrained model with a freshly initialized head, seeded as in "
+                 "training)")
+    return "\n".join(lines)
 
 
 def format_metrics(m: dict, names: list[str]) -> str:

@@ -94,3 +94,16 @@ def test_python_api_on_lists(tiny_bert, tmp_path):
     assert clf("a brilliant movie")["label"] == "pos"
     again = lmtune.pipeline(tmp_path / "api")
     assert again(["a boring movie"])[0]["label"] == "neg"
+
+
+def test_eval_compare_base_puts_the_untrained_base_beside_the_run(tiny_overrides, tmp_path,
+                                                                  capsys):
+    assert main(["train", "--quiet", *tiny_overrides]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--compare-base"]) == 0
+    out = capsys.readouterr().out
+    assert "majority baseline" in out and "change" in out
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    base, tuned = result["base"]["test"], result["test"]
+    assert tuned["accuracy"] > base["accuracy"]  # the tiny run learns; a new head does not
+    assert sum(map(sum, base["confusion_matrix"])) == tuned["n"]

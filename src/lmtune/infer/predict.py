@@ -141,3 +141,21 @@ def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor
     metrics["majority_baseline"] = majority_baseline(splits.train.labels, test.labels)
     metrics["source"] = test.source
     return clf, metrics | {"texts": test.texts, "labels": test.labels}
+
+
+def evaluate_base(clf: Predictor, texts: list[str], labels: list[str]) -> dict:
+    """The run's base model, with a new classification head drawn as training drew it, on
+    the same texts: what fine-tuning started from."""
+    import torch
+
+    from lmtune.models.load import load_classifier
+
+    cfg = clf.config
+    if cfg is None:
+        raise LmtuneError("--compare-base needs a run dir (its config names the base model)")
+    torch.manual_seed(cfg.seed)
+    model = load_classifier(resolve_model(cfg.model, cfg.cache_dir), clf.label_names,
+                            cfg.trust_remote_code,
+                            attention_impl(cfg.attention, dist.device_type()))
+    return evaluate(model.eval(), clf.encode(texts, labels), clf.label_names, clf.batch_size,
+                    clf.pad_id, clf.autocast)
