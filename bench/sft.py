@@ -32,7 +32,7 @@ def steady(times: list[float], tokens: list[int]) -> float:
     return sum(tokens[WARMUP_STEPS:]) / sum(times[WARMUP_STEPS:])
 
 
-def run_lmtune(steps: int, rows: int) -> dict:
+def run_lmtune(steps: int, rows: int, extra: list[str] = ()) -> dict:
     import tempfile
 
     from lmtune.config import load_config
@@ -44,7 +44,7 @@ def run_lmtune(steps: int, rows: int) -> dict:
         "data.drop_unlearnable=true", "data.max_samples=120", "lora.r=16", "lora.alpha=32",
         "lora.dropout=0.05", f"train.lr={LR}", "train.warmup=0", f"train.max_steps={steps}",
         f"train.batch_size={rows}", f"train.max_length={MAX_LENGTH}", "train.log_every=1",
-        f"output_dir={out}/run"])
+        f"output_dir={out}/run", *extra])
     s = prepare(cfg)
     fit(s, progress=False)
     log = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl") if '"lr"' in x]
@@ -53,7 +53,7 @@ def run_lmtune(steps: int, rows: int) -> dict:
     return {"tokens_per_s": steady(times, tokens), "peak_rss_mb": peak_rss_mb()}
 
 
-def run_trl(steps: int, rows: int) -> dict:
+def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
     import tempfile
 
     import torch
@@ -114,9 +114,10 @@ def run_trl(steps: int, rows: int) -> dict:
 CHILDREN = {"lmtune": run_lmtune, "trl": run_trl}
 
 
-def spawn(kind: str, steps: int, rows: int) -> dict:
+def spawn(kind: str, steps: int, rows: int, extra: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps),
-                           "--rows", str(rows)], capture_output=True, text=True, timeout=3600)
+                           "--rows", str(rows), *(f"--set={x}" for x in extra)],
+                          capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -128,18 +129,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--rows", type=int, help="packed rows per step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an lmtune config override for its runs (to measure a lever)")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = args.steps or (6 if args.quick else 10)
     rows = args.rows or (2 if args.quick else 4)
     if args.child:
-        print(json.dumps(CHILDREN[args.child](steps, rows)))
+        print(json.dumps(CHILDREN[args.child](steps, rows, args.set)))
         return
     rounds = args.rounds or (2 if args.quick else 3)
     results: dict[str, list[dict]] = {k: [] for k in CHILDREN}
     for r in range(rounds):
         for kind in CHILDREN:
-            results[kind].append(spawn(kind, steps, rows))
+            results[kind].append(spawn(kind, steps, rows, args.set))
             print(f"round {r + 1}/{rounds} {kind}: {json.dumps(results[kind][-1])}",
                   flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}

@@ -108,6 +108,8 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate every N optimizer steps (0: at each epoch end)")
     log_every: int = opt(10, "write a metrics.jsonl row every N optimizer steps")
     threads: int = opt(0, "CPU threads for torch (0: one per physical core)")
+    gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the "
+                                       "backward: less memory, slower steps")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
                                 "epoch ends and on SIGTERM/SIGINT)")
     keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")

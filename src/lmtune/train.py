@@ -146,6 +146,8 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     if limit and cfg.train.max_length > limit:
         raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
                           f"{limit} positions {cfg.model} was trained with")
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
+        model.gradient_checkpointing_enable({"use_reentrant": False})
     model = apply_method(model, cfg)
     if precision == "bf16" and cfg.method != "full":  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)
