@@ -54,6 +54,8 @@ def test_alpaca_input_joins_the_instruction(tmp_path):
      "data.jsonl:2: conversations[0]: bad role 'alien'"),
     ("alpaca", {"instruction": "x", "output": 3},
      "data.jsonl:2: 'output' must be a string, got a int"),
+    ("sharegpt", {"conversations": [{"from": [], "value": "x"}]},  # found by the fuzzer
+     "data.jsonl:2: conversations[0]: bad role []"),
 ])
 def test_bad_rows_name_the_line(tmp_path, fmt, row, message):
     table = jsonl(tmp_path, [ROWS[fmt], row])  # line 1 is fine, line 2 is not

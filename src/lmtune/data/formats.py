@@ -108,7 +108,7 @@ def _turns(items: Any, key: str, role_key: str, text_key: str, roles: dict[str, 
             raise LmtuneError(f"{where}: {key}[{j}] must be an object with {role_key!r} and "
                               f"{text_key!r}")
         role = turn.get(role_key)
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise LmtuneError(f"{where}: {key}[{j}]: bad role {role!r}; expected one of "
                               f"{', '.join(roles)}")
         content = turn.get(text_key)
