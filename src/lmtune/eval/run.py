@@ -11,6 +11,10 @@ import torch.nn.functional as F
 from lmtune.data.collate import Encoded, collate, eval_batches
 from lmtune.eval.metrics import add_to_confusion, classification_metrics
 
+# Tokens per evaluation batch, at most: the peak memory of a pass is then set by this budget,
+# not by the size of the test set or its longest rows.
+EVAL_TOKENS = 8192
+
 
 def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
                     autocast=contextlib.nullcontext) -> Iterator[tuple[list[int], torch.Tensor,
@@ -21,7 +25,8 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
     model.eval()
     try:
         with torch.inference_mode():
-            for idx in eval_batches([len(x) for x in data.input_ids], batch_size):
+            for idx in eval_batches([len(x) for x in data.input_ids], batch_size,
+                                    max_tokens=EVAL_TOKENS):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 with autocast():
                     out = model(input_ids=batch["input_ids"],
@@ -55,9 +60,6 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
         probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
     assert probs is not None
     return probs
-
-
-EVAL_TOKENS = 8192  # tokens per LM evaluation batch, at most
 
 
 def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
