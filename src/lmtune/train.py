@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from lmtune import checkpoint, dist, rundir
 from lmtune.config import Config
 from lmtune.data.collate import Encoded, encode, epoch_batches
-from lmtune.data.lm import encode_splits, load_lm_splits, mlm_view
+from lmtune.data.lm import Report, encode_splits, load_lm_splits, mlm_view
 from lmtune.data.load import load_splits
 from lmtune.data.readers import Table
 from lmtune.errors import Interrupted, LmtuneError
@@ -122,24 +122,12 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     dist.seed_everything(cfg.seed)
     precision = dist.resolve_precision(cfg.train.precision)
     # Everything that can fail on user input happens before the run dir is touched.
-    if cfg.task == "classify":
-        splits = load_splits(cfg.data, cfg.seed, train_table)
-    else:
-        lm_splits = load_lm_splits(cfg, train_table)
+    raw = load_splits(cfg.data, cfg.seed, train_table) if cfg.task == "classify" else \
+        load_lm_splits(cfg, train_table)
     out = rundir.check_run_dir(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    report, label_names = None, None
-    if cfg.task == "classify":
-        label_names, label2id = splits.label_names, splits.label2id
-        data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
-                             [label2id[x] for x in part.labels])
-                for name, part in (("train", splits.train), ("validation", splits.validation),
-                                   ("test", splits.test)) if part is not None}
-    else:
-        data, lm_report = encode_splits(tokenizer, lm_splits, cfg)
-        report = vars(lm_report)
-        print("data: " + "\n      ".join(lm_report.lines()), file=sys.stderr)
+    data, label_names, report = encode_data(cfg, tokenizer, raw)
     model = load_model(cfg.task, model_path, label_names, cfg.trust_remote_code,
                        attention_impl(cfg.attention, dist.device_type(), cfg.task))
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -169,15 +157,32 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
                   file=sys.stderr)
     logger = NullLogger()
     if accelerator.is_main_process:
+        if report is not None:
+            print("data: " + "\n      ".join(report.lines()), file=sys.stderr)
         if resumed is None:
             out = rundir.start_run_dir(cfg)
         else:
             rundir.rewind_metrics(out / "metrics.jsonl", resumed.progress["step"])
         if report is not None:
-            rundir.atomic_write_json(out / "data_report.json", report)
+            rundir.atomic_write_json(out / "data_report.json", vars(report))
         logger = JsonlLogger(out / "metrics.jsonl")
     return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger, resumed, report)
+                 precision, total_steps, steps_per_epoch, out, logger, resumed,
+                 vars(report) if report is not None else None)
+
+
+def encode_data(cfg: Config, tokenizer, raw) -> tuple[dict[str, Encoded], list[str] | None,
+                                                      Report | None]:
+    """Tokenize every split once: (data, class names for classify, LM data report)."""
+    if cfg.task != "classify":
+        data, report = encode_splits(tokenizer, raw, cfg)
+        return data, None, report
+    label2id = raw.label2id
+    data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
+                         [label2id[x] for x in part.labels])
+            for name, part in (("train", raw.train), ("validation", raw.validation),
+                               ("test", raw.test)) if part is not None}
+    return data, raw.label_names, None
 
 
 # ------------------------------------------------------------------------------- fit
