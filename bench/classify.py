@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from common import peak_rss_mb, step_clock
+from common import spawn as common_spawn
 
 BATCH, LR, MAX_LENGTH, WARMUP_STEPS = 32, 1e-4, 128, 3
 
@@ -38,9 +38,6 @@ def rows(n: int) -> tuple[list[str], list[int]]:
     train = rotten_tomatoes(seed=42)["train"].rows[:n]
     return [r["text"] for r in train], [int(r["label"] == "fresh") for r in train]
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def non_embedding_params(model) -> int:
@@ -103,7 +100,7 @@ def run_trainer(steps: int, best: bool) -> dict:
     import torch
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding, Trainer, TrainerCallback,
+                              DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
     from lmtune.models.load import resolve_model
@@ -119,15 +116,6 @@ def run_trainer(steps: int, best: bool) -> dict:
                               "length": [len(x) for x in enc["input_ids"]]})
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times, self.begin = [], 0.0
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.begin)
 
     from transformers import default_data_collator
 
@@ -138,7 +126,7 @@ def run_trainer(steps: int, best: bool) -> dict:
         counted.append(sum(sum(f["attention_mask"]) for f in features))
         return base(features)
 
-    clock = Clock()
+    clock = step_clock()
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
         learning_rate=LR, weight_decay=0.01, max_grad_norm=1.0, warmup_steps=0,
@@ -163,12 +151,8 @@ CHILDREN = {"ceiling": lambda steps, extra: run_ceiling(), "lmtune": run_lmtune,
 
 
 def spawn(kind: str, steps: int, extra: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps),
-                           *(f"--set={x}" for x in extra)],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common_spawn(__file__, kind,
+                        ["--steps", str(steps), *(f"--set={x}" for x in extra)])
 
 
 def main() -> None:

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
-import time
+
+from common import peak_rss_mb, step_clock
+from common import spawn as common_spawn
 
 LR, MAX_LENGTH, WARMUP_STEPS = 5e-4, 512, 2
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def steady(times: list[float], tokens: list[int]) -> float:
@@ -59,7 +55,7 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from lmtune.data.load import read_source
@@ -74,15 +70,6 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times, self.begin = [], 0.0
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter() - self.begin)
 
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=rows, max_steps=steps,
@@ -94,7 +81,7 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
         completion_only_loss=True, seed=42)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                       task_type="CAUSAL_LM")
-    clock = Clock()
+    clock = step_clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora, callbacks=[clock])
     counted: list[int] = []
@@ -115,12 +102,8 @@ CHILDREN = {"lmtune": run_lmtune, "trl": run_trl}
 
 
 def spawn(kind: str, steps: int, rows: int, extra: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(steps),
-                           "--rows", str(rows), *(f"--set={x}" for x in extra)],
-                          capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common_spawn(__file__, kind, ["--steps", str(steps), "--rows", str(rows),
+                                         *(f"--set={x}" for x in extra)])
 
 
 def main() -> None:

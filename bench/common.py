@@ -1,0 +1,38 @@
+"""What both benchmarks share: per-step timing of a Trainer, peak RSS, child processes."""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_clock():
+    """A TrainerCallback recording each optimizer step's wall time in `.times`."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times, self.begin = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.begin)
+
+    return Clock()
+
+
+def spawn(script: str, kind: str, args: list[str]) -> dict:
+    """Run `script --child KIND ARGS` in a fresh process; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, script, "--child", kind, *args],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
