@@ -145,3 +145,84 @@ def chat_jsonl(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(160)))
     return path
+
+
+def seq2seq_tokenizer(bos: bool):
+    """A byte-level BPE tokenizer over CHAT_WORDS with <pad>, </s> and (for BART) <s>: each
+    encoded text gets `</s>` (T5 style) or `<s> … </s>` (BART style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(CHAT_WORDS), "repeat: "] * 20, trainer)
+    ids = {t: tok.token_to_id(t) for t in specials}
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>" if bos else "$A </s>",
+        special_tokens=[(t, ids[t]) for t in (("<s>", "</s>") if bos else ("</s>",))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   bos_token="<s>")
+
+
+def save_tiny_seq2seq(d: Path, kind: str) -> Path:
+    """A random 2-layer T5 or BART (hidden 32) with its tokenizer, as a local model dir."""
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, \
+        T5ForConditionalGeneration
+
+    tok = seq2seq_tokenizer(bos=kind == "bart")
+    pad, eos, bos = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    torch.manual_seed(0)
+    if kind == "t5":
+        model = T5ForConditionalGeneration(T5Config(
+            vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad))
+    else:
+        model = BartForConditionalGeneration(BartConfig(
+            vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+            decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=pad,
+            bos_token_id=bos, eos_token_id=eos, decoder_start_token_id=eos,
+            forced_bos_token_id=None, dropout=0.0))
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return save_tiny_seq2seq(tmp_path_factory.mktemp("tiny-t5"), "t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    return save_tiny_seq2seq(tmp_path_factory.mktemp("tiny-bart"), "bart")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert2bert(tiny_bert, tmp_path_factory) -> Path:
+    """The minilm2minilm recipe applied to the tiny BERT."""
+    from lmtune.models.load import build_bert2bert
+
+    d = tmp_path_factory.mktemp("tiny-bert2bert")
+    build_bert2bert(tiny_bert, d)
+    return d
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """source/target rows: the target repeats the source's words (learnable by tiny models;
+    the words are in both the BPE and the tiny BERT vocabularies where they overlap)."""
+    return [{"source": r["messages"][0]["content"], "target": r["messages"][1]["content"]}
+            for r in chat_rows(n, seed)]
+
+
+@pytest.fixture(scope="session")
+def pairs_jsonl(tmp_path_factory) -> Path:
+    import json
+
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(160)))
+    return path

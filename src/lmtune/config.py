@@ -21,13 +21,15 @@ import yaml
 
 from lmtune.errors import LmtuneError
 
-TASKS = ("classify", "sft", "clm", "mlm")
-FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "text")
+TASKS = ("classify", "sft", "seq2seq", "clm", "mlm")
+FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "source_target",
+           "text")
 TRAIN_ON = ("assistant", "last_assistant", "all")
 METHODS = ("full", "lora", "freeze")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-METRICS = ("auto", "accuracy", "macro_f1", "loss")
+GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
+METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 
 
@@ -64,10 +66,12 @@ class DataConfig:
     test: str | None = opt(None, "test data; split from train when only train is given")
     text_column: str = opt("text", "column holding the input text")
     label_column: str = opt("label", "column holding the class label")
+    source_column: str = opt("source", "source_target rows: column holding the input")
+    target_column: str = opt("target", "source_target rows: column holding the output")
     val_fraction: float = opt(0.1, "share of train split off for validation when needed")
     test_fraction: float = opt(0.1, "share of train split off for test when needed")
-    format: str = opt("auto", f"sft/clm/mlm row format: {', '.join(FORMATS)} (auto: from "
-                      "the columns)")
+    format: str = opt("auto", f"sft/seq2seq/clm/mlm row format: {', '.join(FORMATS)} "
+                      "(auto: from the columns)")
     train_on: str = opt("assistant", f"sft: which tokens carry the loss: "
                         f"{', '.join(TRAIN_ON)}")
     packing: bool = opt(False, "sft/clm: pack samples into train.max_length rows (each "
@@ -156,11 +160,15 @@ class EvalConfig:
     batch_size: int = opt(128, "samples per evaluation batch")
     max_samples: int = opt(0, "generation metrics in `lmtune eval`: use the first N test "
                            "rows (0: all)")
+    generate_samples: int = opt(32, "sft/seq2seq: generation metrics (ROUGE, BLEU, chrF) "
+                                "during training on the first N validation rows (0: off; "
+                                "decoding costs far more than the loss)")
 
     def __post_init__(self) -> None:
         _choice("metric", self.metric, METRICS)
         _positive("batch_size", self.batch_size)
         _positive("max_samples", self.max_samples, allow_zero=True)
+        _positive("generate_samples", self.generate_samples, allow_zero=True)
 
 
 @dataclass
@@ -182,7 +190,8 @@ class GenerateConfig:
 @dataclass
 class Config:
     task: str = opt("classify", f"what to train: {', '.join(TASKS)}")
-    model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2)")
+    model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
+                     "minilm2minilm)")
     method: str = opt("full", f"fine-tuning method: {', '.join(METHODS)}")
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
@@ -206,6 +215,16 @@ class Config:
         if self.task != "classify" and self.eval.metric in ("accuracy", "macro_f1"):
             raise ConfigError("eval.metric", f"{self.eval.metric} is for task=classify; "
                               f"task={self.task} selects by loss")
+        if self.eval.metric in GENERATION_METRICS:
+            if self.task not in ("sft", "seq2seq"):
+                raise ConfigError("eval.metric", f"{self.eval.metric} scores generated text: "
+                                  "task=sft or seq2seq")
+            if not self.eval.generate_samples:
+                raise ConfigError("eval.metric", f"{self.eval.metric} needs generation during "
+                                  "training: set eval.generate_samples > 0")
+        if self.task == "seq2seq" and self.data.packing:
+            raise ConfigError("data.packing", "task=seq2seq does not pack (an encoder-"
+                              "decoder row holds one source and its target)")
         if self.task == "classify" and self.data.format not in ("auto", "text"):
             raise ConfigError("data.format", "task=classify reads a text and a label column")
         _choice("method", self.method, METHODS)

@@ -4,6 +4,7 @@
     causal    next-token cross-entropy on trained tokens     units: trained tokens
               (sft, clm)
     mlm       cross-entropy on the masked tokens             units: masked tokens
+    seq2seq   teacher-forced cross-entropy on the target     units: target tokens
 
 Sums, not means: the loop divides by the units of the whole effective batch (all micro-
 batches, all ranks), so accumulation and data parallelism give the gradient of one big batch.
@@ -13,15 +14,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmtune.data.collate import Encoded, collate, collate_lm
+from lmtune.data.collate import Encoded, collate, collate_lm, collate_seq2seq
 
-OBJECTIVES = {"classify": "classify", "sft": "causal", "clm": "causal", "mlm": "mlm"}
+OBJECTIVES = {"classify": "classify", "sft": "causal", "clm": "causal", "mlm": "mlm",
+              "seq2seq": "seq2seq"}
+COLLATE = {"classify": collate, "causal": collate_lm, "mlm": collate_lm,
+           "seq2seq": collate_seq2seq}
 
 
 def make_batch(objective: str, data: Encoded, idx: list[int], pad_id: int,
                device) -> dict[str, torch.Tensor]:
-    batch = collate(data, idx, pad_id) if objective == "classify" else \
-        collate_lm(data, idx, pad_id)
+    batch = COLLATE[objective](data, idx, pad_id)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -35,8 +38,14 @@ def loss_sum(objective: str, model, batch: dict[str, torch.Tensor], autocast) ->
     if objective == "causal":
         return causal_loss_sum(model, batch, autocast)
     with autocast():
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits
+        if objective == "seq2seq":  # teacher forcing: the decoder reads the shifted targets
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"],
+                           decoder_input_ids=batch["decoder_input_ids"],
+                           use_cache=False).logits  # [B, T, V]
+        else:
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
     keep = batch["targets"] != -100
     return F.cross_entropy(logits[keep].float(), batch["targets"][keep], reduction="sum")
 

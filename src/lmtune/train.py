@@ -21,12 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lmtune import checkpoint, dist, rundir
-from lmtune.config import Config
+from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data.collate import Encoded, encode, epoch_batches
 from lmtune.data.lm import Report, encode_splits, load_lm_splits, mlm_view
 from lmtune.data.load import load_splits
 from lmtune.data.readers import Table
 from lmtune.errors import Interrupted, LmtuneError
+from lmtune.eval.generation import generation_scores
 from lmtune.eval.run import evaluate, evaluate_lm
 from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
@@ -54,6 +55,7 @@ class Setup:
     logger: object
     resumed: checkpoint.Loaded | None = None
     report: dict | None = None  # sft/clm/mlm: what the loss sees (data_report.json)
+    prompts: list | None = None  # sft/seq2seq: validation conversations to generate from
 
     @property
     def pad_id(self) -> int:
@@ -127,10 +129,15 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     out = rundir.check_run_dir(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    data, label_names, report = encode_data(cfg, tokenizer, raw)
+    label_names = raw.label_names if cfg.task == "classify" else None
     model = load_model(cfg.task, model_path, label_names, cfg.trust_remote_code,
                        attention_impl(cfg.attention, dist.device_type(), cfg.task))
-    limit = getattr(model.config, "max_position_embeddings", None)
+    data, report = encode_data(cfg, tokenizer, raw,
+                               getattr(model.config, "decoder_start_token_id", None))
+    prompts = raw.items["validation"][:cfg.eval.generate_samples] \
+        if cfg.task in ("sft", "seq2seq") and cfg.eval.generate_samples else None
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        getattr(model.config, "encoder", None), "max_position_embeddings", None)  # bert2bert
     if limit and cfg.train.max_length > limit:
         raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
                           f"{limit} positions {cfg.model} was trained with")
@@ -168,21 +175,20 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         logger = JsonlLogger(out / "metrics.jsonl")
     return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
                  precision, total_steps, steps_per_epoch, out, logger, resumed,
-                 vars(report) if report is not None else None)
+                 vars(report) if report is not None else None, prompts)
 
 
-def encode_data(cfg: Config, tokenizer, raw) -> tuple[dict[str, Encoded], list[str] | None,
-                                                      Report | None]:
-    """Tokenize every split once: (data, class names for classify, LM data report)."""
+def encode_data(cfg: Config, tokenizer, raw, decoder_start: int | None
+                ) -> tuple[dict[str, Encoded], Report | None]:
+    """Tokenize every split once: (data, LM data report; None to classify)."""
     if cfg.task != "classify":
-        data, report = encode_splits(tokenizer, raw, cfg)
-        return data, None, report
+        return encode_splits(tokenizer, raw, cfg, decoder_start)
     label2id = raw.label2id
     data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
                          [label2id[x] for x in part.labels])
             for name, part in (("train", raw.train), ("validation", raw.validation),
                                ("test", raw.test)) if part is not None}
-    return data, raw.label_names, None
+    return data, None
 
 
 # ------------------------------------------------------------------------------- fit
@@ -191,7 +197,7 @@ def encode_data(cfg: Config, tokenizer, raw) -> tuple[dict[str, Encoded], list[s
 def fit(s: Setup, progress: bool = True) -> FitState:
     cfg, tc = s.cfg, s.cfg.train
     state = start_state(s)
-    lengths = [len(x) for x in s.data["train"].input_ids]  # masking keeps lengths
+    lengths = s.data["train"].lengths()  # masking keeps lengths
     bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
                disable=not progress or not s.accelerator.is_main_process)  # short piped logs
@@ -373,14 +379,18 @@ def evaluate_split(s: Setup, name: str) -> dict:
 
 def headline(metrics: dict) -> dict:
     """The scalar metrics worth a log row."""
-    return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "perplexity")
-            if k in metrics}
+    return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "perplexity",
+                                    *GENERATION_METRICS) if k in metrics}
 
 
 def validate(s: Setup, state: FitState, epoch: int) -> None:
-    """Evaluate on the validation split; keep a copy of the best trainable weights."""
+    """Evaluate on the validation split (loss, plus generation metrics on its first
+    `eval.generate_samples` rows); keep a copy of the best trainable weights."""
     began = time.perf_counter()
     metrics = headline(evaluate_split(s, "validation"))
+    if s.prompts:
+        metrics |= generation_scores(s.accelerator.unwrap_model(s.model), s.tokenizer,
+                                     s.cfg, s.prompts, s.precision)
     state.last_eval_step = state.step
     name = s.cfg.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})

@@ -18,8 +18,11 @@ class Encoded:
     classify: `labels` holds a class id per row.
     sft/clm/mlm: `trained` marks the tokens that carry the loss; `targets` (mlm) holds the
     original ids where `input_ids` are masked; `segments` (packed rows) holds the lengths of
-    the samples packed into each row; `units[i]` counts row i's loss terms, so a batch's loss
-    can be normalized over the whole effective batch before any forward pass.
+    the samples packed into each row.
+    seq2seq: `input_ids` feed the encoder, `decoder_ids` the decoder, and `targets` (as long
+    as `decoder_ids`) are what it must predict.
+    `units[i]` counts row i's loss terms, so a batch's loss can be normalized over the
+    whole effective batch before any forward pass.
     """
 
     input_ids: list[list[int]]
@@ -28,9 +31,16 @@ class Encoded:
     targets: list[list[int]] | None = None
     segments: list[list[int]] | None = None
     units: list[int] | None = None
+    decoder_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def lengths(self) -> list[int]:
+        """Tokens per row, encoder and decoder together: the cost that batching balances."""
+        if self.decoder_ids is None:
+            return [len(x) for x in self.input_ids]
+        return [len(x) + len(y) for x, y in zip(self.input_ids, self.decoder_ids)]
 
     def count_units(self, idx: list[int]) -> int:
         return len(idx) if self.units is None else sum(self.units[i] for i in idx)
@@ -140,3 +150,22 @@ def collate_lm(data: Encoded, idx: list[int], pad_id: int,
             start += n
     batch["position_ids"] = positions
     return batch
+
+
+def collate_seq2seq(data: Encoded, idx: list[int], pad_id: int,
+                    multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Rows `idx` for an encoder-decoder: input_ids/attention_mask [B, S] for the encoder;
+    decoder_input_ids and targets [B, T] (-100 past each target) for the decoder.
+
+    The decoder needs no padding mask: its padding comes after every real token, which
+    causal attention never lets a real token see.
+    """
+    batch = collate(data, idx, pad_id, multiple)
+    dec = [data.decoder_ids[i] for i in idx]
+    width = -(-max(map(len, dec)) // multiple) * multiple
+    decoder_ids = torch.full((len(dec), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(dec), width), -100, dtype=torch.long)
+    for b, i in enumerate(idx):
+        decoder_ids[b, :len(dec[b])] = torch.tensor(dec[b])
+        targets[b, :len(dec[b])] = torch.tensor(data.targets[i])
+    return batch | {"decoder_input_ids": decoder_ids, "targets": targets}

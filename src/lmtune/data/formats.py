@@ -6,6 +6,8 @@ Formats, detected from the columns (or forced with `data.format`):
     sharegpt           {"conversations": [{"from": "human", "value": "..."}, ...]}
     alpaca             {"instruction": "...", "input": "...", "output": "..."}
     prompt_completion  {"prompt": "...", "completion": "..."}
+    source_target      {"source": "...", "target": "..."}  (seq2seq data; the column names
+                       are data.source_column / data.target_column)
     text               a text column (`data.text_column`), or .txt lines, for clm/mlm
 
 Every problem names the row's file and line.
@@ -21,8 +23,6 @@ from lmtune.errors import LmtuneError
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "bot": "assistant", "model": "assistant"}
-CHAT_FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
-FORMATS = ("auto", *CHAT_FORMATS, "text")
 
 
 @dataclass(frozen=True)
@@ -34,34 +34,39 @@ class Message:
 Conversation = list[Message]
 
 
-def detect_format(table: Table, text_column: str, need_answer: bool = True) -> str:
+def detect_format(table: Table, text_column: str, need_answer: bool = True,
+                  pair: tuple[str, str] = ("source", "target")) -> str:
     """The format whose columns the table has; chat-style formats win over plain text.
 
-    With `need_answer=False` (prompts to generate from) alpaca needs only `instruction` and
-    prompt_completion only `prompt`.
+    With `need_answer=False` (prompts to generate from) alpaca needs only `instruction`,
+    prompt_completion only `prompt` and source_target only the source column. `pair` names
+    the source and target columns.
     """
     cols = set(table.columns)
-    for fmt, needs in (("chat", {"messages"}), ("sharegpt", {"conversations"}),
-                       ("alpaca", {"instruction", "output"} if need_answer
-                        else {"instruction"}),
-                       ("prompt_completion", {"prompt", "completion"} if need_answer
-                        else {"prompt"})):
-        if needs <= cols:
+    for fmt, needs, answer in (("chat", "messages", None), ("sharegpt", "conversations", None),
+                               ("alpaca", "instruction", "output"),
+                               ("prompt_completion", "prompt", "completion"),
+                               ("source_target", pair[0], pair[1])):
+        if needs in cols and (answer in cols or answer is None or not need_answer):
             return fmt
     if text_column in cols:
         return "text"
     raise LmtuneError(f"{table.source}: cannot tell the data format from its columns "
                       f"({', '.join(table.columns) or 'none'}); expected one of: messages "
                       "(chat), conversations (sharegpt), instruction+output (alpaca), "
-                      f"prompt+completion, or a {text_column!r} text column; or set "
-                      "data.format")
+                      f"prompt+completion, {pair[0]}+{pair[1]}, or a {text_column!r} text "
+                      "column; or set data.format")
 
 
-def conversations(table: Table, fmt: str, need_answer: bool = True) -> list[Conversation]:
+def conversations(table: Table, fmt: str, need_answer: bool = True,
+                  pair: tuple[str, str] = ("source", "target")) -> list[Conversation]:
     """Every row of `table` as a validated conversation with at least one assistant turn
-    (with `need_answer=False`: prompts, whose assistant turn is optional)."""
+    (with `need_answer=False`: prompts, whose assistant turn is optional). A source_target
+    row (columns `pair`) becomes a user turn and an assistant turn."""
     convert = {"chat": _chat, "sharegpt": _sharegpt, "alpaca": _alpaca,
-               "prompt_completion": _prompt_completion}[fmt]
+               "prompt_completion": _prompt_completion,
+               "source_target": lambda row, where, need: _with_answer(
+                   _field(row, pair[0], where), row, pair[1], where, need)}[fmt]
     out = []
     for i, row in enumerate(table.rows):
         where = table.loc(i)

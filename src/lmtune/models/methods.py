@@ -38,7 +38,7 @@ def apply_lora(model: nn.Module, cfg: Config) -> nn.Module:
     targets = cfg.lora.target_modules or LORA_TARGETS.get(model.config.model_type,
                                                           "all-linear")
     task_type = {"classify": TaskType.SEQ_CLS, "sft": TaskType.CAUSAL_LM,
-                 "clm": TaskType.CAUSAL_LM}.get(cfg.task)
+                 "clm": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(cfg.task)
     lora = LoraConfig(task_type=task_type, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                       lora_dropout=cfg.lora.dropout, target_modules=targets)
     try:

@@ -1,0 +1,147 @@
+"""task=seq2seq on tiny random T5, BART and bert2bert: the loss falls, targets are shifted
+right behind the decoder start token, generation at eval, the eval round trip, pipeline."""
+import json
+
+import pytest
+import torch
+
+from lmtune import pipeline
+from lmtune.cli import main
+from lmtune.config import load_config
+from lmtune.data.collate import collate_seq2seq
+from lmtune.data.formats import Message
+from lmtune.data.lm import Report
+from lmtune.data.seq2seq import encode_seq2seq
+from lmtune.infer.generate import Generator
+from lmtune.train import evaluate_split, finish, fit, prepare
+from tests.conftest import FILLER
+
+S2S = ["task=seq2seq", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
+       "train.warmup=0", "train.log_every=1", "train.max_length=32",
+       "generate.max_new_tokens=12", "eval.generate_samples=8"]
+
+
+def metric_rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def copy_rows(n: int) -> list[dict]:
+    """source/target pairs in the tiny BERT's word vocabulary: the target copies the source."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(n):
+        words = " ".join(rng.sample(FILLER, rng.randint(2, 5)))
+        rows.append({"source": words, "target": words})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def bert_pairs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bert-pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in copy_rows(160)))
+    return path
+
+
+@pytest.mark.parametrize("kind,method,lr", [("t5", "full", 1e-2), ("bart", "full", 1e-2),
+                                            ("bert2bert", "full", 3e-3), ("t5", "lora", 3e-2)])
+def test_seq2seq_learns_and_generates(kind, method, lr, request, pairs_jsonl, bert_pairs,
+                                      tmp_path):
+    model = request.getfixturevalue(f"tiny_{kind}")
+    data = bert_pairs if kind == "bert2bert" else pairs_jsonl
+    out = tmp_path / "run"
+    cfg = load_config(None, [*S2S, f"model={model}", f"data.train={data}", f"output_dir={out}",
+                             f"method={method}", "train.epochs=8", "lora.dropout=0",
+                             f"train.lr={lr}"])
+    s = prepare(cfg)
+    net = s.accelerator.unwrap_model(s.model)
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    base = evaluate_split(s, "test")
+    result = finish(s, fit(s, progress=False))
+    # bert2bert's encoder keeps BERT's pooler, which nothing reads (EncoderDecoderModel
+    # rebuilds it on every load), so it gets no gradient
+    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters()
+               if p.requires_grad and ".pooler." not in n)
+    curve = [r["loss"] for r in metric_rows(out) if "lr" in r]
+    gain = 0.7 if method == "full" else 0.95
+    assert sum(curve[-3:]) / 3 < gain * sum(curve[:3]) / 3
+    assert result.test["loss"] < gain * base["loss"]
+    # validation during training generated text and scored it
+    val = [r for r in metric_rows(out) if r.get("split") == "validation"]
+    assert val and all(0 <= r["rougeL"] <= 100 and 0 <= r["chrf"] <= 100 for r in val)
+    gen = pipeline(out, precision="fp32")
+    texts = gen(["repeat: the cat sat", "the film was"])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_targets_are_shifted_right_behind_the_start_token(tiny_bert2bert, tiny_t5):
+    from transformers import AutoTokenizer
+
+    for model_dir, start in ((tiny_t5, 0), (tiny_bert2bert, 2)):  # T5: <pad>; BERT: [CLS]
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        conv = [Message("user", "the film was"), Message("assistant", "the film")]
+        enc = encode_seq2seq(tok, [conv], ["x:1"], 32, start, Report())
+        target = tok(text_target="the film")["input_ids"]
+        if target[0] == start:  # BERT's [CLS] opens every text: not a target
+            target = target[1:]
+        assert enc.targets[0] == target and target[-1] == tok.eos_token_id or \
+            target[-1] == tok.sep_token_id
+        assert enc.decoder_ids[0] == [start] + target[:-1]
+        batch = collate_seq2seq(enc, [0], tok.pad_token_id)
+        n = len(target)
+        assert batch["targets"][0, :n].tolist() == target
+        assert (batch["targets"][0, n:] == -100).all()
+
+
+def test_loss_matches_the_models_own_teacher_forced_loss(tiny_bart, pairs_jsonl, tmp_path):
+    """Our shifted decoder inputs and summed loss equal what BART computes from labels."""
+    from lmtune.objectives import loss_sum, make_batch
+
+    cfg = load_config(None, [*S2S, f"model={tiny_bart}", f"data.train={pairs_jsonl}",
+                             f"output_dir={tmp_path / 'run'}"])
+    s = prepare(cfg)
+    data = s.data["train"]
+    idx = list(range(6))
+    batch = make_batch("seq2seq", data, idx, s.pad_id, "cpu")
+    ours = loss_sum("seq2seq", s.model, batch, s.autocast) / data.count_units(idx)
+    theirs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["targets"]).loss
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def test_eval_round_trip_with_base_comparison(tiny_t5, pairs_jsonl, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *S2S, f"model={tiny_t5}", f"data.train={pairs_jsonl}",
+                 f"output_dir={out}", "train.epochs=2", "train.lr=3e-3", "--quiet"]) == 0
+    preds = tmp_path / "preds.jsonl"
+    assert main(["eval", str(out), "--compare-base", "--output", str(preds),
+                 "eval.max_samples=6"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    for part in (result["test"], result["base"]["test"]):
+        assert {"loss", "perplexity", "rougeL", "bleu", "chrf", "exact_match"} <= set(part)
+    assert result["test"]["loss"] < result["base"]["test"]["loss"]
+    rows = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(rows) == 6 and {"prompt", "reference", "text", "base_text"} <= set(rows[0])
+    assert "rougeL" in capsys.readouterr().out
+
+
+def test_best_model_picked_by_a_generation_metric(tiny_t5, pairs_jsonl, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, [*S2S, f"model={tiny_t5}", f"data.train={pairs_jsonl}",
+                             f"output_dir={out}", "train.epochs=2", "train.lr=3e-3",
+                             "train.eval_every=4", "eval.metric=chrf"])
+    s = prepare(cfg)
+    state = fit(s, progress=False)
+    val = [r for r in metric_rows(out) if r.get("split") == "validation"]
+    best = max(val, key=lambda r: r["chrf"])
+    assert state.best["step"] == best["step"] and state.best["chrf"] == best["chrf"]
+
+
+def test_a_generation_metric_needs_generation(tmp_path):
+    from lmtune.errors import LmtuneError
+
+    with pytest.raises(LmtuneError, match="generate_samples"):
+        load_config(None, ["task=seq2seq", "eval.metric=rougeL", "eval.generate_samples=0"])
+    with pytest.raises(LmtuneError, match="task=sft or seq2seq"):
+        load_config(None, ["task=clm", "eval.metric=bleu"])
