@@ -200,9 +200,9 @@ class Config:
     trust_remote_code: bool = opt(False, "allow model repos to run their own Python code")
     cache_dir: str = opt("", "where converted models are kept (empty: $XDG_CACHE_HOME/lmtune "
                          "or ~/.cache/lmtune)")
-    attention: str = opt("auto", "attention implementation: auto (eager for encoders on "
-                         "CPU, where it trains MiniLM 1.3x faster; sdpa otherwise), eager, "
-                         "sdpa")
+    attention: str = opt("auto", "attention implementation: auto (eager for encoders and "
+                         "encoder-decoders on CPU, where it trains MiniLM 1.3x faster; sdpa "
+                         "otherwise), eager, sdpa")
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

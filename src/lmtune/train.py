@@ -205,7 +205,7 @@ def fit(s: Setup, progress: bool = True) -> FitState:
     start = time.perf_counter() - state.seconds
     # The loss stays on device between log rows: no host sync inside the step.
     window_loss = torch.tensor(state.window_loss, device=s.accelerator.device)
-    window_start = time.perf_counter()
+    window_start = _train_clock(state)
     world, rank = s.accelerator.num_processes, s.accelerator.process_index
     per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
     with checkpoint.StopRequest() as stop:
@@ -232,7 +232,7 @@ def fit(s: Setup, progress: bool = True) -> FitState:
                     row = log_window(s, state, window_loss, window_start)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                     sps=f"{row['samples_per_s']:.0f}")
-                    window_loss, window_start = torch.zeros_like(window_loss), time.perf_counter()
+                    window_loss, window_start = torch.zeros_like(window_loss), _train_clock(state)
                     state.window_samples = state.window_tokens = 0
                 if tc.eval_every and state.step % tc.eval_every == 0:
                     validate(s, state, state.epoch)
@@ -256,16 +256,22 @@ def fit(s: Setup, progress: bool = True) -> FitState:
 
 def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_start: float) -> dict:
     """Write the loss/LR/throughput row for the steps since the last row."""
-    now = time.perf_counter()
+    elapsed = max(_train_clock(state) - window_start, 1e-9)
     if s.accelerator.num_processes > 1:  # each rank holds its share of the loss
         window_loss = s.accelerator.reduce(window_loss, reduction="sum")
     row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
            "loss": window_loss.item() / max(1, _steps_in_window(state, s.cfg.train)),
            "lr": s.scheduler.get_last_lr()[0],
-           "samples_per_s": state.window_samples / max(now - window_start, 1e-9),
-           "tokens_per_s": state.window_tokens / max(now - window_start, 1e-9)}
+           "samples_per_s": state.window_samples / elapsed,
+           "tokens_per_s": state.window_tokens / elapsed}
     s.logger.log(row)
     return row
+
+
+def _train_clock(state: FitState) -> float:
+    """Seconds on a clock that stops during validation and checkpoints: throughput rows
+    count training steps only."""
+    return time.perf_counter() - state.aside_seconds
 
 
 def start_state(s: Setup) -> FitState:

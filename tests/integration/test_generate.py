@@ -102,3 +102,17 @@ def test_stop_strings_end_the_answer(sft_run):
     cut = gen.generate([[Message("user", "repeat: hello world")]],
                        GenerateConfig(stop=["world"]))[0]
     assert cut == full[:full.index("world")].strip()
+
+
+def test_eval_on_a_new_file_reads_only_that_file(sft_run, tmp_path):
+    """`lmtune eval RUN data.test=NEW` needs neither the training data nor its format."""
+    new = tmp_path / "new.jsonl"  # another format (prompt/completion) than training used
+    new.write_text("".join(json.dumps({"prompt": r["messages"][0]["content"],
+                                       "completion": r["messages"][1]["content"]}) + "\n"
+                           for r in chat_rows(12, seed=7)))
+    assert main(["eval", str(sft_run), f"data.train={tmp_path / 'gone.jsonl'}",
+                 f"data.test={new}", "eval.max_samples=4", "generate.max_new_tokens=8",
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())["test"]
+    assert result["n"] == 12 and result["generated"] == 4
+    assert result["source"] == str(new)

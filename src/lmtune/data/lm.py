@@ -36,24 +36,31 @@ class LMSplits:
     format: str
 
 
-def load_lm_splits(cfg: Config, train_table: Table | None = None) -> LMSplits:
+def load_lm_splits(cfg: Config, train_table: Table | None = None,
+                   test_only: bool = False) -> LMSplits:
+    """Read the splits; `test_only` (evaluation on `data.test`) reads nothing else."""
     data = cfg.data
-    source = train_table if train_table is not None else read_source(data.train, cfg.seed, cfg.cache_dir)
-    tables = dict(source) if isinstance(source, dict) else {"train": source}
-    if "valid" in tables and "validation" not in tables:
-        tables["validation"] = tables.pop("valid")
-    for key in ("validation", "test"):
-        if getattr(data, key) is not None:
-            t = read_source(getattr(data, key), cfg.seed, cfg.cache_dir)
-            tables[key] = t.get(key, next(iter(t.values()))) if isinstance(t, dict) else t
-    if "train" not in tables:
-        raise LmtuneError(f"{data.train}: has splits {', '.join(tables)} but no 'train' split")
+    if test_only and data.test is not None:
+        tables = {"test": _read_split(data.test, "test", cfg)}
+    else:
+        source = train_table if train_table is not None else \
+            read_source(data.train, cfg.seed, cfg.cache_dir)
+        tables = dict(source) if isinstance(source, dict) else {"train": source}
+        if "valid" in tables and "validation" not in tables:
+            tables["validation"] = tables.pop("valid")
+        for key in ("validation", "test"):
+            if getattr(data, key) is not None:
+                tables[key] = _read_split(getattr(data, key), key, cfg)
+        if "train" not in tables:
+            raise LmtuneError(f"{data.train}: has splits {', '.join(tables)} but no 'train' "
+                              "split")
+    first = tables.get("train", tables.get("test"))
     pair = (data.source_column, data.target_column)
     fmt = data.format
     if fmt == "auto":
-        fmt = formats.detect_format(tables["train"], data.text_column, pair=pair)
+        fmt = formats.detect_format(first, data.text_column, pair=pair)
     if (cfg.task in ("sft", "seq2seq")) != (fmt != "text"):
-        raise LmtuneError(f"{tables['train'].source}: format {fmt!r} does not suit "
+        raise LmtuneError(f"{first.source}: format {fmt!r} does not suit "
                           f"task={cfg.task} (sft and seq2seq take chat-style or source/"
                           "target rows; clm/mlm take text)")
     items, where = {}, {}
@@ -66,8 +73,15 @@ def load_lm_splits(cfg: Config, train_table: Table | None = None) -> LMSplits:
         items[name] = formats.conversations(rows, fmt, pair=pair) if fmt != "text" else \
             formats.texts(rows, data.text_column)
         where[name] = [rows.loc(i) for i in range(len(rows.rows))]
-    _split_missing(items, where, data, cfg.seed)
+    if "train" in items:
+        _split_missing(items, where, data, cfg.seed)
     return LMSplits(items, where, fmt)
+
+
+def _read_split(name: str, split: str, cfg: Config) -> Table:
+    """One split from a source: a file, or the `split` part of a built-in dataset."""
+    t = read_source(name, cfg.seed, cfg.cache_dir)
+    return t.get(split, next(iter(t.values()))) if isinstance(t, dict) else t
 
 
 def _split_missing(items: dict, where: dict, data, seed: int) -> None:

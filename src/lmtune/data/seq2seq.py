@@ -36,7 +36,7 @@ def encode_seq2seq(tokenizer, items: list[Conversation], where: list[str], max_l
     # The tokenizer truncates keeping its closing special token; the untruncated lengths
     # only count what was cut.
     sources = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = [len(x) for x in tokenizer(texts)["input_ids"]]
+    lengths = [len(x) for x in tokenizer(texts, verbose=False)["input_ids"]]
     full = tokenizer(text_target=[target_text(c) for c in items])["input_ids"]
     targets, decoder_ids = [], []
     for src, n, tgt, loc in zip(sources, lengths, full, where):

@@ -28,7 +28,9 @@ def evaluate_lm_run(path: str | Path, overrides: list[str] = (), compare_base: b
         raise LmtuneError(f"{path}: not a run dir (no config.yaml); `lmtune eval` needs the "
                           "run's data settings")
     cfg = load_config(Path(path) / "config.yaml", list(overrides))
-    splits = load_lm_splits(cfg)
+    # a new test set (data.test=FILE) is read alone: the training data is not needed
+    given = any(o.startswith("data.test=") for o in overrides)
+    splits = load_lm_splits(cfg, test_only=given)
     if "test" not in splits.items:
         raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
     items, where = splits.items["test"], splits.where["test"]

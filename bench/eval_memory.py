@@ -1,0 +1,73 @@
+"""Peak memory of `lmtune eval` on 500 vs 5,000 classification texts.
+
+    .venv/bin/python bench/eval_memory.py [--rounds 3]
+
+A MiniLM classifier is trained for a few steps (its accuracy does not matter here), then
+`lmtune eval RUN data.test=FILE` runs in a fresh process per measurement, on the first 500
+and the first 5,000 Rotten Tomatoes reviews, alternating (A B A B ...). Each child reports
+its peak RSS (ru_maxrss). Last line: `rss_500_mb=... rss_5000_mb=... ratio=...`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, spawn  # noqa: E402
+
+
+def child(run_dir: str, data: str) -> None:
+    import json
+
+    from lmtune.cli import main
+
+    code = main(["eval", run_dir, f"data.test={data}", "--json", str(Path(data).with_suffix(
+        ".eval.json"))])
+    assert code == 0
+    print(json.dumps({"rss_mb": peak_rss_mb()}))
+
+
+def write_texts(rows: list[tuple[str, str]], path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[1], args.child[2])
+        return
+    from lmtune.config import load_config
+    from lmtune.data.builtin import rotten_tomatoes
+    from lmtune.train import train
+
+    work = Path(tempfile.mkdtemp(prefix="lmtune-evalmem-"))
+    run = work / "run"
+    train(load_config(None, ["train.max_steps=5", f"output_dir={run}"]), progress=False)
+    splits = rotten_tomatoes(seed=0)
+    rows = [(r["text"], r["label"]) for part in splits.values() for r in part.rows]
+    if len(rows) < 5000:
+        sys.exit(f"only {len(rows)} reviews; need 5,000")
+    files = {n: write_texts(rows[:n], work / f"test{n}.csv") for n in (500, 5000)}
+    rss: dict[int, list[float]] = {500: [], 5000: []}
+    for r in range(args.rounds):
+        for n in (500, 5000):
+            got = spawn(__file__, "eval", [str(run), str(files[n])])
+            rss[n].append(got["rss_mb"])
+            print(f"round {r + 1}: {n:>5} texts: peak RSS {got['rss_mb']:.0f} MB", flush=True)
+    small, large = statistics.median(rss[500]), statistics.median(rss[5000])
+    print(f"rss_500_mb={small:.0f} rss_5000_mb={large:.0f} ratio={large / small:.3f}")
+
+
+if __name__ == "__main__":
+    main()
