@@ -47,8 +47,12 @@ class Encoded:
 
 
 def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | None = None,
-           chunk: int = 4096) -> Encoded:
-    """Tokenize all texts once, truncating to `max_length` (special tokens included)."""
+           chunk: int = 256) -> Encoded:
+    """Tokenize all texts once, truncating to `max_length` (special tokens included).
+
+    Small chunks: a fast tokenizer's batch output keeps offsets, masks and token strings per
+    text, several KB each, until the chunk is done; only the ids are kept.
+    """
     ids: list[list[int]] = []
     for start in range(0, len(texts), chunk):
         out = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length)
