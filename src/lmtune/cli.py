@@ -201,7 +201,8 @@ def format_comparison(base: dict, tuned: dict) -> str:
     lines = ["", f"  {'metric':<18} {'base':>8} {'tuned':>8} {'change':>8}"]
     for k in ("accuracy", "macro_f1", "loss"):
         lines.append(f"  {k:<18} {base[k]:8.4f} {tuned[k]:8.4f} {tuned[k] - base[k]:+8.4f}")
-    lines.append(f"  {'majority baseline':<18} {tuned['majority_baseline']:8.4f}")
+    if "majority_baseline" in tuned:
+        lines.append(f"  {'majority baseline':<18} {tuned['majority_baseline']:8.4f}")
     lines.append("  (base: the pretrained model with a freshly initialized head, seeded as in "
                  "training)")
     return "\n".join(lines)

@@ -62,6 +62,15 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys):
     assert metrics["n"] == 50 and metrics["accuracy"] >= 0.9
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 50 and {"text", "label", "score"} <= set(lines[0])
+    # new data with its own column names: the mapping applies to it, not to the training data
+    renamed = write_csv(tmp_path / "renamed.csv", [{"review": r["text"], "verdict": r["label"]}
+                                                   for r in sentiment_rows(50, seed=9)])
+    assert main(["eval", str(run), f"data.test={renamed}", "data.text_column=review",
+                 "data.label_column=verdict", "--json", str(tmp_path / "e2.json")]) == 0
+    again = json.loads((tmp_path / "e2.json").read_text())["test"]
+    assert again["accuracy"] == metrics["accuracy"]
+    assert again["majority_baseline"] == metrics["majority_baseline"]
+    capsys.readouterr()
 
     assert main(["predict", str(run), "a great film", "a dull film", "--jsonl"]) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,20 +139,35 @@ def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor
         raise LmtuneError(f"{path}: not a run dir (no config.yaml); `lmtune eval` needs the "
                           "run's data settings")
     cfg = load_config(Path(path) / "config.yaml", overrides)
-    splits = load_splits(cfg.data, cfg.seed)
-    if any(o.startswith("data.test=") for o in overrides):
+    if any(o.startswith("data.test=") for o in overrides):  # new data, with its own columns
         table = read_source(cfg.data.test, cfg.seed)
         table = table["test"] if isinstance(table, dict) else table
         test = labeled(table, cfg.data)
         check_known_labels(test, table, cfg.data, clf.label_names)
-    elif splits.test is not None:
-        test = splits.test
     else:
-        raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
+        test = load_splits(cfg.data, cfg.seed).test
+        if test is None:
+            raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
     metrics = clf.evaluate(test.texts, test.labels)
-    metrics["majority_baseline"] = majority_baseline(splits.train.labels, test.labels)
+    train_labels = _training_labels(Path(path))
+    if train_labels is not None:
+        metrics["majority_baseline"] = majority_baseline(train_labels, test.labels)
     metrics["source"] = test.source
     return clf, metrics | {"texts": test.texts, "labels": test.labels}
+
+
+def _training_labels(run_dir: Path) -> list[str] | None:
+    """The run's training labels, read with the run's own data settings (not the overrides
+    that describe the new test file); None when that data is no longer there."""
+    from lmtune.data.load import load_splits
+
+    saved = load_config(run_dir / "config.yaml")
+    try:
+        return load_splits(saved.data, saved.seed).train.labels
+    except LmtuneError as e:
+        print(f"note: no majority baseline; the training data cannot be read ({e})",
+              file=sys.stderr)
+        return None
 
 
 def evaluate_base(clf: Predictor, texts: list[str], labels: list[str]) -> dict:
