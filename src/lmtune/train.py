@@ -33,7 +33,8 @@ from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
 from lmtune.objectives import OBJECTIVES, loss_sum, make_batch
 from lmtune.models.methods import (apply_method, count_parameters,
-                                   hold_frozen_linears_in_bf16, trainable_state)
+                                   hold_frozen_linears_in_bf16, set_dropout,
+                                   trainable_state)
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.track import JsonlLogger, NullLogger
 
@@ -143,6 +144,8 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
                           f"{limit} positions {cfg.model} was trained with")
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
         model.gradient_checkpointing_enable({"use_reentrant": False})
+    if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
+        set_dropout(model, cfg.train.dropout)
     model = apply_method(model, cfg)
     if precision == "bf16" and cfg.method != "full":  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)

@@ -116,3 +116,31 @@ def test_trainable_count(tiny_overrides):
     s, *_ = run(tiny_overrides, ["method=freeze", "freeze.layers=0", "train.max_steps=1"])
     trainable, total = count_parameters(s.model)
     assert 0 < trainable < total
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment_csv, tmp_path,
+                                                    method):
+    """With train.dropout=0 a training-mode forward is deterministic; with the model's own
+    dropout (0.1) it is not. LoRA's own dropout stays lora.dropout."""
+    from lmtune.objectives import make_batch
+
+    outs = {}
+    for dropout in (None, 0.0):
+        extra = [] if dropout is None else [f"train.dropout={dropout}"]
+        s = prepare(load_config(None, [f"model={tiny_bert_dropout}", f"data.train={sentiment_csv}",
+                                       f"output_dir={tmp_path / str(dropout)}",
+                                       "train.precision=fp32", f"method={method}",
+                                       "lora.dropout=0.3", *extra]))
+        s.model.train()
+        batch = make_batch("classify", s.data["train"], list(range(8)), s.pad_id, "cpu")
+        first, second = (s.model(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).logits
+                         for _ in range(2))
+        outs[dropout] = torch.equal(first, second)
+        if method == "lora":
+            lora_p = {m.p for n, m in s.model.named_modules()
+                      if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)}
+            assert lora_p == {0.3}
+    # (LoRA's B starts at zero, so its own dropout cannot show in a forward at init)
+    assert outs == {None: False, 0.0: True}

@@ -113,3 +113,20 @@ def hold_frozen_linears_in_bf16(model: nn.Module) -> int:
                 module.bias.data = module.bias.data.to(torch.bfloat16)
             done += 1
     return done
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability in `model` to `p`; returns how many were set.
+
+    Covers `nn.Dropout` modules (BERT-family models read their attention dropout from one)
+    and the float `attention_dropout` that Llama-style attention modules keep instead.
+    """
+    done = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            done += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            done += 1
+    return done
