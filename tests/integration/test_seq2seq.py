@@ -145,3 +145,30 @@ def test_a_generation_metric_needs_generation(tmp_path):
         load_config(None, ["task=seq2seq", "eval.metric=rougeL", "eval.generate_samples=0"])
     with pytest.raises(LmtuneError, match="task=sft or seq2seq"):
         load_config(None, ["task=clm", "eval.metric=bleu"])
+
+
+@pytest.mark.slow
+def test_minilm2minilm_is_built_once_and_trains_on_aclsum(tmp_path):
+    """The real alias: a bert2bert from MiniLM, decoding from [CLS] to [SEP]."""
+    from transformers import AutoConfig
+
+    from lmtune.models.load import resolve_model
+
+    cache = tmp_path / "cache"
+    path = resolve_model("minilm2minilm", str(cache))
+    assert resolve_model("minilm2minilm", str(cache)) == path  # built once, then reused
+    config = AutoConfig.from_pretrained(path)
+    assert (config.decoder_start_token_id, config.eos_token_id, config.pad_token_id) == \
+        (101, 102, 0)  # [CLS], [SEP], [PAD] in MiniLM's vocabulary
+    assert config.decoder.is_decoder and config.decoder.add_cross_attention
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "task=seq2seq", "model=minilm2minilm",
+                 f"cache_dir={cache}", "data.train=aclsum", "data.max_samples=24",
+                 "train.max_steps=4", "train.batch_size=4", "train.max_length=64",
+                 "train.lr=3e-4", "train.log_every=1", "eval.generate_samples=4",
+                 "generate.max_new_tokens=8", f"output_dir={out}"]) == 0
+    losses = [r["loss"] for r in metric_rows(out) if "lr" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    text = pipeline(out)("Summarize the approach of this paper in one sentence.\n\nWe train "
+                         "a parser on treebanks.")
+    assert isinstance(text, str) and "[CLS]" not in text and "[SEP]" not in text
