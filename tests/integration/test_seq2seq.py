@@ -124,6 +124,8 @@ def test_eval_round_trip_with_base_comparison(tiny_t5, pairs_jsonl, tmp_path, ca
     rows = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(rows) == 6 and {"prompt", "reference", "text", "base_text"} <= set(rows[0])
     assert "rougeL" in capsys.readouterr().out
+    assert main(["predict", str(out), "the cat"]) == 2  # labels are for classifiers
+    assert "lmtune generate" in capsys.readouterr().err
 
 
 def test_best_model_picked_by_a_generation_metric(tiny_t5, pairs_jsonl, tmp_path):

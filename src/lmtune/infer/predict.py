@@ -52,6 +52,10 @@ class Predictor:
             raise LmtuneError(f"{path}: not a run dir or model dir")
         run = open_run(path)
         self.config: Config | None = run.config
+        task = run.config.task if run.config else model_task(run.model_dir)
+        if task != "classify":
+            raise LmtuneError(f"{path}: a task={task} model predicts no labels; use "
+                              f"`lmtune generate {path}` (or `lmtune eval`)")
         attention = attention_impl(self.config.attention if self.config else "auto",
                                    dist.device_type())
         self.model, self.tokenizer = load_saved(run.model_dir, run.base, run.trust, attention)
