@@ -25,7 +25,8 @@ def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
 @pytest.mark.parametrize("args, fragment", [
     (["train", "train.lrr=1"], "Did you mean 'train.lr'"),
     (["train", "model=./no/such/dir"], "directory not found"),
-    (["train", "model=no such model"], "not a local dir, an alias (minilm, smollm2, minilm2minilm) or a valid hub id"),
+    (["train", "model=no such model"],
+     "not a local dir, an alias (minilm, smollm2, minilm2minilm) or a valid hub id"),
     (["train", "model=x..y"], "or a valid hub id"),
     (["train", "train.max_length=4096"], "more than the 512 positions minilm was trained"),
     (["train", "data.train=missing.csv"], "missing.csv: file not found"),
