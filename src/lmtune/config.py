@@ -181,6 +181,9 @@ class GenerateConfig:
     max_new_tokens: int = opt(128, "most tokens to generate per prompt")
     temperature: float = opt(0.0, "sampling temperature (0: greedy)")
     top_p: float = opt(1.0, "nucleus sampling: smallest token set with this probability")
+    repetition_penalty: float = opt(1.0, "divide the scores of tokens already in the prompt "
+                                    "or output by this (1: off; 1.1-1.3 curbs the loops "
+                                    "greedy decoding falls into)")
     stop: list[str] = opt([], "stop strings (besides EOS / end of turn)")
     batch_size: int = opt(16, "prompts decoded together")
 
@@ -188,6 +191,9 @@ class GenerateConfig:
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("temperature", self.temperature, allow_zero=True)
         _positive("batch_size", self.batch_size)
+        if self.repetition_penalty < 1:
+            raise ConfigError("repetition_penalty", f"must be >= 1; got "
+                              f"{self.repetition_penalty}")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1]; got {self.top_p}")
 

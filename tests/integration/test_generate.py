@@ -116,3 +116,16 @@ def test_eval_on_a_new_file_reads_only_that_file(sft_run, tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())["test"]
     assert result["n"] == 12 and result["generated"] == 4
     assert result["source"] == str(new)
+
+
+def test_repetition_penalty_reaches_decoding(sft_run):
+    """The model was taught to repeat the prompt's words; a strong penalty on every token
+    already seen must change what it writes, and 1.0 must change nothing."""
+    from lmtune.config import GenerateConfig
+
+    gen = Generator(sft_run, precision="fp32")
+    convs = [[Message("user", p)] for p in PROMPTS]
+    plain = gen.generate(convs, GenerateConfig(max_new_tokens=12))
+    assert gen.generate(convs, GenerateConfig(max_new_tokens=12, repetition_penalty=1.0)) == plain
+    penalized = gen.generate(convs, GenerateConfig(max_new_tokens=12, repetition_penalty=50.0))
+    assert penalized != plain

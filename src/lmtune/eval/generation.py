@@ -95,6 +95,8 @@ class Decoder:
                       pad_token_id=pad, do_sample=g.temperature > 0)
         if g.temperature > 0:
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        if g.repetition_penalty != 1.0:
+            kwargs.update(repetition_penalty=g.repetition_penalty)
         if g.stop:
             kwargs.update(stop_strings=list(g.stop), tokenizer=self.tokenizer)
         with torch.inference_mode(), dist.autocast(self.precision):
