@@ -107,18 +107,24 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def save_tiny_llama(d: Path) -> Path:
-    """A random 2-layer Llama with a byte-level BPE tokenizer trained here and TINY_TEMPLATE."""
+def byte_level_bpe(specials: list[str], extra: str):
+    """A 300-token byte-level BPE `tokenizers.Tokenizer` trained here on CHAT_WORDS + `extra`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [" ".join(CHAT_WORDS), "### User:\n### Assistant:\nrepeat: "] * 20
-    tok.train_from_iterator(corpus, trainer)
+    tok.train_from_iterator([" ".join(CHAT_WORDS), extra] * 20, trainer)
+    return tok
+
+
+def save_tiny_llama(d: Path) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained here and TINY_TEMPLATE."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = byte_level_bpe(["<|endoftext|>"], "### User:\n### Assistant:\nrepeat: ")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>")
     fast.chat_template = TINY_TEMPLATE
@@ -150,16 +156,11 @@ def chat_jsonl(tmp_path_factory) -> Path:
 def seq2seq_tokenizer(bos: bool):
     """A byte-level BPE tokenizer over CHAT_WORDS with <pad>, </s> and (for BART) <s>: each
     encoded text gets `</s>` (T5 style) or `<s> … </s>` (BART style)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "</s>", "<s>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([" ".join(CHAT_WORDS), "repeat: "] * 20, trainer)
+    tok = byte_level_bpe(specials, "repeat: ")
     ids = {t: tok.token_to_id(t) for t in specials}
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>" if bos else "$A </s>",
@@ -226,3 +227,24 @@ def pairs_jsonl(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(160)))
     return path
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_tracked(cfg):
+    """Train `cfg` in process: (setup, result, test metrics before training, names of the
+    trainable tensors that training left unchanged)."""
+    from lmtune.train import evaluate_split, finish, fit, prepare
+
+    s = prepare(cfg)
+    model = s.accelerator.unwrap_model(s.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    base = evaluate_split(s, "test")
+    result = finish(s, fit(s, progress=False))
+    unchanged = {n for n, p in model.named_parameters() if n in before and
+                 torch.equal(p, before[n])}
+    return s, result, base, unchanged

@@ -15,18 +15,15 @@ from lmtune.data.packing import best_fit
 from lmtune.data.templates import tokenize_conversation
 from lmtune.objectives import loss_sum, make_batch
 from lmtune.train import evaluate_split, finish, fit, prepare
-from tests.conftest import CHAT_WORDS, sentiment_rows, write_csv
+from tests.conftest import (CHAT_WORDS, metric_rows, sentiment_rows, train_tracked,
+                            write_csv)
 
 SFT = ["task=sft", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
        "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "train.max_length=64"]
 
 
-def rows(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def train_losses(run_dir):
-    return [r["loss"] for r in rows(run_dir) if "lr" in r]
+    return [r["loss"] for r in metric_rows(run_dir) if "lr" in r]
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -36,13 +33,8 @@ def test_sft_learns_and_writes_a_complete_run_dir(tiny_llama, chat_jsonl, tmp_pa
                              f"output_dir={out}", f"method={method}", "train.epochs=4",
                              "lora.r=8", "lora.dropout=0",
                              f"train.lr={1e-2 if method == 'lora' else 3e-3}"])
-    s = prepare(cfg)
-    model = s.accelerator.unwrap_model(s.model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    base = evaluate_split(s, "test")
-    result = finish(s, fit(s, progress=False))
-    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters()
-               if p.requires_grad)
+    s, result, base, unchanged = train_tracked(cfg)
+    assert not unchanged  # every trainable tensor moved
     # LoRA on a frozen *random* base learns slowly; on a real model it is another story
     gain = 0.6 if method == "full" else 0.98
     curve = train_losses(out)

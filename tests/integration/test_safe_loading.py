@@ -3,7 +3,6 @@ its code never runs."""
 import json
 import shutil
 
-import pytest
 
 from lmtune.cli import main
 

@@ -3,7 +3,6 @@ right behind the decoder start token, generation at eval, the eval round trip, p
 import json
 
 import pytest
-import torch
 
 from lmtune import pipeline
 from lmtune.cli import main
@@ -12,17 +11,12 @@ from lmtune.data.collate import collate_seq2seq
 from lmtune.data.formats import Message
 from lmtune.data.lm import Report
 from lmtune.data.seq2seq import encode_seq2seq
-from lmtune.infer.generate import Generator
-from lmtune.train import evaluate_split, finish, fit, prepare
-from tests.conftest import FILLER
+from lmtune.train import fit, prepare
+from tests.conftest import FILLER, metric_rows, train_tracked
 
 S2S = ["task=seq2seq", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
        "train.warmup=0", "train.log_every=1", "train.max_length=32",
        "generate.max_new_tokens=12", "eval.generate_samples=8"]
-
-
-def metric_rows(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def copy_rows(n: int) -> list[dict]:
@@ -54,15 +48,10 @@ def test_seq2seq_learns_and_generates(kind, method, lr, request, pairs_jsonl, be
     cfg = load_config(None, [*S2S, f"model={model}", f"data.train={data}", f"output_dir={out}",
                              f"method={method}", "train.epochs=8", "lora.dropout=0",
                              f"train.lr={lr}"])
-    s = prepare(cfg)
-    net = s.accelerator.unwrap_model(s.model)
-    before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
-    base = evaluate_split(s, "test")
-    result = finish(s, fit(s, progress=False))
+    _, result, base, unchanged = train_tracked(cfg)
     # bert2bert's encoder keeps BERT's pooler, which nothing reads (EncoderDecoderModel
     # rebuilds it on every load), so it gets no gradient
-    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters()
-               if p.requires_grad and ".pooler." not in n)
+    assert all(".pooler." in n for n in unchanged)
     curve = [r["loss"] for r in metric_rows(out) if "lr" in r]
     gain = 0.7 if method == "full" else 0.95
     assert sum(curve[-3:]) / 3 < gain * sum(curve[:3]) / 3
@@ -92,6 +81,13 @@ def test_targets_are_shifted_right_behind_the_start_token(tiny_bert2bert, tiny_t
         n = len(target)
         assert batch["targets"][0, :n].tolist() == target
         assert (batch["targets"][0, n:] == -100).all()
+        # a long source is cut to max_length with its closing special token kept, and counted
+        rep = Report()
+        long = [Message("user", "the film was " * 10), Message("assistant", "the film")]
+        cut = encode_seq2seq(tok, [long], ["x:2"], 6, start, rep).input_ids[0]
+        whole = tok("the film was " * 10)["input_ids"]
+        assert len(cut) == 6 and cut[-1] == whole[-1] and cut[:3] == whole[:3]
+        assert rep.truncated == 1
 
 
 def test_loss_matches_the_models_own_teacher_forced_loss(tiny_bart, pairs_jsonl, tmp_path):

@@ -274,8 +274,8 @@ def encode_eval(tokenizer, items: list, where: list[str], cfg: Config,
                 decoder_start: int | None = None) -> Encoded:
     """One evaluation split, tokenized as training tokenized its validation split."""
     if cfg.task == "seq2seq":
-        return encode_seq2seq_splits(tokenizer, LMSplits({"test": items}, {"test": where},
-                                                         "auto"), cfg, decoder_start)[0]["test"]
+        return encode_seq2seq(tokenizer, items, where, cfg.train.max_length,
+                              _decoder_start(decoder_start, cfg), Report())
     enc, _ = encode_lm(tokenizer, items, where, cfg, train=False)
     if cfg.task == "mlm":
         enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
@@ -284,17 +284,22 @@ def encode_eval(tokenizer, items: list, where: list[str], cfg: Config,
 
 def encode_seq2seq_splits(tokenizer, splits: LMSplits, cfg: Config, decoder_start: int | None
                           ) -> tuple[dict[str, Encoded], Report]:
-    if decoder_start is None:
-        raise LmtuneError(f"model {cfg.model}: its config sets no decoder_start_token_id, "
-                          "which an encoder-decoder needs to start decoding")
+    start = _decoder_start(decoder_start, cfg)
     data, report = {}, Report()
     for name, items in splits.items.items():
         rep = Report()
         data[name] = encode_seq2seq(tokenizer, items, splits.where[name],
-                                    cfg.train.max_length, decoder_start, rep)
+                                    cfg.train.max_length, start, rep)
         if name == "train":
             report = rep
             report.padding_unpacked = batch_padding(data[name], cfg.train.batch_size)
             report.note = "seq2seq: every target token carries the loss; padding counts " \
                           "the encoder side"
     return data, report
+
+
+def _decoder_start(decoder_start: int | None, cfg: Config) -> int:
+    if decoder_start is None:
+        raise LmtuneError(f"model {cfg.model}: its config sets no decoder_start_token_id, "
+                          "which an encoder-decoder needs to start decoding")
+    return decoder_start

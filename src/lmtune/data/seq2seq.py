@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from lmtune.data.collate import Encoded
 from lmtune.data.formats import Conversation
+from lmtune.data.templates import special_wrap
 from lmtune.errors import LmtuneError
 
 
@@ -29,22 +30,28 @@ def target_text(conv: Conversation) -> str:
     return next(m.content for m in reversed(conv) if m.role == "assistant")
 
 
+def source_ids(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]],
+                                                                       list[bool]]:
+    """Encoder inputs cut to `max_length` with the tokenizer's own special tokens kept
+    around them, and whether each was cut; training and generation both encode this way."""
+    prefix, suffix = special_wrap(tokenizer)
+    room = max_length - len(prefix) - len(suffix)
+    bodies = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return [prefix + b[:room] + suffix for b in bodies], [len(b) > room for b in bodies]
+
+
 def encode_seq2seq(tokenizer, items: list[Conversation], where: list[str], max_length: int,
                    decoder_start: int, report) -> Encoded:
     """Tokenize (source, target) pairs; both sides are truncated to `max_length` tokens."""
-    texts = [source_text(c) for c in items]
-    # The tokenizer truncates keeping its closing special token; the untruncated lengths
-    # only count what was cut.
-    sources = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = [len(x) for x in tokenizer(texts, verbose=False)["input_ids"]]
+    sources, cut = source_ids(tokenizer, [source_text(c) for c in items], max_length)
     full = tokenizer(text_target=[target_text(c) for c in items])["input_ids"]
     targets, decoder_ids = [], []
-    for src, n, tgt, loc in zip(sources, lengths, full, where):
+    for src, src_cut, tgt, loc in zip(sources, cut, full, where):
         if tgt and tgt[0] == decoder_start:
             tgt = tgt[1:]
         if not tgt:
             raise LmtuneError(f"{loc}: the target is empty after tokenization")
-        report.truncated += len(tgt) > max_length or n > max_length
+        report.truncated += len(tgt) > max_length or src_cut
         tgt = tgt[:max_length]
         targets.append(tgt)
         decoder_ids.append([decoder_start] + tgt[:-1])

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from lmtune import dist
 from lmtune.config import Config, GenerateConfig
 from lmtune.data.formats import Conversation, Message
-from lmtune.data.seq2seq import source_text, target_text
+from lmtune.data.seq2seq import source_ids, source_text, target_text
 from lmtune.data.templates import end_of_turn_ids, render
 from lmtune.eval.metrics import generation_metrics
 
@@ -59,10 +59,10 @@ class Decoder:
         """Generated answers, in input order; prompts are batched by length."""
         g = settings or self.settings
         prompts = [self.prompt_text(c) for c in convs]
-        seq2seq = self.kind == "seq2seq"
-        ids = self.tokenizer(prompts, add_special_tokens=not self.chat, truncation=seq2seq,
-                             max_length=self.max_source_length if seq2seq else None
-                             )["input_ids"]
+        if self.kind == "seq2seq":
+            ids = source_ids(self.tokenizer, prompts, self.max_source_length)[0]
+        else:
+            ids = self.tokenizer(prompts, add_special_tokens=not self.chat)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[str] = [""] * len(ids)
         bar = tqdm(total=len(ids), desc="generate", unit="prompt", disable=not progress)

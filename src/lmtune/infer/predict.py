@@ -132,8 +132,9 @@ def model_task(model_dir: Path) -> str:
 def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor, dict]:
     """Metrics of a saved run on its test split, or on `data.test=FILE` given as override.
 
-    Returns (predictor, metrics) where metrics also holds `texts`, `labels` and
-    `majority_baseline` (accuracy of always answering the training set's top class).
+    Returns (predictor, metrics) where metrics also holds `texts`, `labels` and, while the
+    training data can be read, `majority_baseline` (accuracy of always answering the
+    training set's top class).
     """
     from lmtune.data.load import check_known_labels, labeled, load_splits, read_source
     from lmtune.eval.metrics import majority_baseline

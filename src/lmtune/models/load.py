@@ -7,7 +7,6 @@ built once into the cache: no pretrained encoder-decoder ships offline).
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import socket
 import sys
