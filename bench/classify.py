@@ -82,6 +82,7 @@ def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
     cfg = load_config(None, [f"output_dir={out}/run", f"train.max_steps={steps}",
                              f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
                              "train.log_every=1", "data.val_fraction=0.02",
+                             "train.dropout=null",  # MiniLM's own 0.1, as Trainer runs it
                              "data.test_fraction=0.02", *extra])
     s = prepare(cfg, train_table=table)
     fit(s, progress=False)

@@ -23,7 +23,8 @@ loop = importlib.import_module("lmtune.train")  # `lmtune.train` is also a funct
 # are not multiples of each other, so checkpoints fall between evaluations too.
 COMMON = ["train.precision=fp32", "train.threads=1", "train.batch_size=8", "train.lr=3e-3",
           "train.epochs=3", "train.warmup=3", "train.eval_every=5", "train.checkpoint_every=4",
-          "train.keep_checkpoints=2", "lora.r=4"]
+          "train.keep_checkpoints=2", "lora.r=4",
+          "train.dropout=null"]  # the model's dropout: its masks draw from the RNG streams
 
 
 def run_args(model, data, out, extra=()):

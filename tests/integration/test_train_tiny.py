@@ -121,13 +121,13 @@ def test_trainable_count(tiny_overrides):
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment_csv, tmp_path,
                                                     method):
-    """With train.dropout=0 a training-mode forward is deterministic; with the model's own
-    dropout (0.1) it is not. LoRA's own dropout stays lora.dropout."""
+    """With train.dropout=0 (the default) a training-mode forward is deterministic; with the
+    model's own dropout (null: 0.1 here) it is not. LoRA's own dropout stays lora.dropout."""
     from lmtune.objectives import make_batch
 
     outs = {}
     for dropout in (None, 0.0):
-        extra = [] if dropout is None else [f"train.dropout={dropout}"]
+        extra = ["train.dropout=null" if dropout is None else f"train.dropout={dropout}"]
         s = prepare(load_config(None, [f"model={tiny_bert_dropout}", f"data.train={sentiment_csv}",
                                        f"output_dir={tmp_path / str(dropout)}",
                                        "train.precision=fp32", f"method={method}",
@@ -144,3 +144,4 @@ def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment
             assert lora_p == {0.3}
     # (LoRA's B starts at zero, so its own dropout cannot show in a forward at init)
     assert outs == {None: False, 0.0: True}
+    assert load_config(None, []).train.dropout == 0.0  # off unless asked for
