@@ -110,3 +110,14 @@ def test_eval_batches_respect_a_token_budget():
     assert all(len(b) <= 4 and len(b) * max(lengths[i] for i in b) <= 160 for b in batches)
     assert eval_batches(lengths, batch_size=3) == [[5, 0, 2], [6, 3, 1], [4]]
     assert eval_batches([], 4) == []
+
+
+def test_eval_batches_budget_counts_the_padded_width():
+    # 17-token rows are padded to 24: five of them fit 100 tokens unpadded (85) but not
+    # padded (120), and the padded batch is what the model sees.
+    lengths = [17] * 10 + [3] * 9
+    data = Encoded([[1] * n for n in lengths], labels=[0] * len(lengths))
+    batches = eval_batches(lengths, batch_size=64, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(collate(data, b, pad_id=0)["input_ids"].numel() <= 100 for b in batches)
+    assert [len(b) for b in batches] == [9, 4, 4, 2]  # unpadded, 5 long rows would fit

@@ -81,19 +81,21 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     return batches
 
 
-def eval_batches(lengths: list[int], batch_size: int,
-                 max_tokens: int | None = None) -> list[list[int]]:
+def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None,
+                 multiple: int = 8) -> list[list[int]]:
     """Deterministic batches sorted by length (fastest for inference); callers restore order.
 
-    With `max_tokens`, a batch also stops growing once its padded size (rows x longest row)
-    would pass it: long rows come fewer to a batch, so peak memory stays flat.
+    With `max_tokens`, a batch also stops growing once its padded size (rows x its longest
+    row rounded up to `multiple`, as `collate` pads it) would pass it: long rows come fewer
+    to a batch, so peak memory stays flat.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = [[]]
     for i in order:
         rows = len(batches[-1]) + 1
         if batches[-1] and (rows > batch_size or
-                            (max_tokens is not None and rows * lengths[i] > max_tokens)):
+                            (max_tokens is not None and
+                             rows * (-(-lengths[i] // multiple) * multiple) > max_tokens)):
             batches.append([])
         batches[-1].append(i)
     return batches if batches[0] else []

@@ -8,12 +8,14 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from lmtune import dist
 from lmtune.data.collate import Encoded, collate, eval_batches
 from lmtune.eval.metrics import add_to_confusion, classification_metrics
 
 # Tokens per evaluation batch, at most: the peak memory of a pass is then set by this budget,
-# not by the size of the test set or its longest rows.
-EVAL_TOKENS = 8192
+# not by the size of the test set or its longest rows. 4,096 ran MiniLM evaluation as fast as
+# 8,192 and peaked lower (bench/eval_memory.py).
+EVAL_TOKENS = 4096
 
 
 def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
@@ -32,6 +34,8 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
                     out = model(input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"])
                 yield idx, out.logits.float(), batch
+                del out, batch
+                dist.release_free_memory()
     finally:
         model.train(was_training)
 
@@ -81,6 +85,8 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
                 batch = make_batch(objective, data, idx, pad_id, device)
                 total += loss_sum(objective, model, batch, autocast).item()
                 units += data.count_units(idx)
+                del batch
+                dist.release_free_memory()
     finally:
         model.train(was_training)
     loss = total / max(1, units)

@@ -1,0 +1,50 @@
+"""Process-level memory settings in lmtune.dist: oneDNN's primitive cache and heap trimming.
+
+Each check runs in a fresh interpreter: both act on process-wide state.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=clean | env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_onednn_cache_is_capped_unless_the_user_set_it():
+    code = "import os, lmtune.dist as d; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    from lmtune.dist import ONEDNN_CACHE
+
+    assert run_python(code) == ONEDNN_CACHE
+    assert run_python(code, ONEDNN_PRIMITIVE_CACHE_CAPACITY="64") == "64"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim")
+def test_release_free_memory_returns_freed_heap_pages():
+    # 300 blocks of 64 KB (below glibc's mmap threshold, so they live in the heap) are freed
+    # while a last block pins the top of the heap: glibc keeps the ~19 MB until trimmed.
+    code = """
+import ctypes
+from lmtune.dist import release_free_memory
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+malloc = ctypes.CDLL(None).malloc
+malloc.restype, free = ctypes.c_void_p, ctypes.CDLL(None).free
+free.argtypes = [ctypes.c_void_p]
+blocks = [malloc(64 * 1024) for _ in range(300)]
+for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+pin = malloc(64 * 1024)
+for b in blocks:
+    free(b)
+before = rss()
+release_free_memory()
+print(before - rss())
+"""
+    assert float(run_python(code)) > 15  # MB handed back
