@@ -50,8 +50,10 @@ def release_free_memory() -> None:
 
     Batches of different shapes free and allocate blocks of many sizes, and glibc keeps the
     freed pages, scattered through its heaps, in the process: RSS then grew with the number of
-    batches. Trimming between evaluation batches made the peak RSS of `lmtune eval` the same
-    for 5,000 texts as for 500 (bench/eval_memory.py), at a cost too small to measure.
+    batches. Trimming when evaluation batches change shape made the peak RSS of `lmtune eval`
+    the same for 5,000 texts as for 500, within the noise (bench/eval_memory.py). Not in
+    training: trimming after every step made steps 20% slower (the next step faults its
+    pages back in).
     """
     trim = _malloc_trim()
     if trim is not None:
