@@ -26,7 +26,7 @@ import json
 import statistics
 import time
 
-from common import peak_rss_mb, step_clock
+from common import PEER_ENV, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 BATCH, LR, MAX_LENGTH, WARMUP_STEPS = 32, 1e-4, 128, 3
@@ -153,7 +153,8 @@ CHILDREN = {"ceiling": lambda steps, extra: run_ceiling(), "lmtune": run_lmtune,
 
 def spawn(kind: str, steps: int, extra: list[str]) -> dict:
     return common_spawn(__file__, kind,
-                        ["--steps", str(steps), *(f"--set={x}" for x in extra)])
+                        ["--steps", str(steps), *(f"--set={x}" for x in extra)],
+                        env=PEER_ENV if kind.startswith("trainer") else None)
 
 
 def main() -> None:

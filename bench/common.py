@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -29,10 +30,18 @@ def step_clock():
     return Clock()
 
 
-def spawn(script: str, kind: str, args: list[str]) -> dict:
-    """Run `script --child KIND ARGS` in a fresh process; its last stdout line is JSON."""
+# Importing lmtune caps oneDNN's primitive cache (lmtune.dist). The peers' children import
+# lmtune for its data and model helpers, so they pin oneDNN's own default back: a peer is
+# measured as its users run it.
+PEER_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+
+
+def spawn(script: str, kind: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run `script --child KIND ARGS` in a fresh process; its last stdout line is JSON.
+    `env` adds to this process's environment."""
     proc = subprocess.run([sys.executable, script, "--child", kind, *args],
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=3600,
+                          env=os.environ | (env or {}))
     if proc.returncode != 0:
         sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ import argparse
 import json
 import statistics
 
-from common import peak_rss_mb, step_clock
+from common import PEER_ENV, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 LR, MAX_LENGTH, WARMUP_STEPS = 5e-4, 512, 2
@@ -103,7 +103,8 @@ CHILDREN = {"lmtune": run_lmtune, "trl": run_trl}
 
 def spawn(kind: str, steps: int, rows: int, extra: list[str]) -> dict:
     return common_spawn(__file__, kind, ["--steps", str(steps), "--rows", str(rows),
-                                         *(f"--set={x}" for x in extra)])
+                                         *(f"--set={x}" for x in extra)],
+                        env=PEER_ENV if kind == "trl" else None)
 
 
 def main() -> None:
