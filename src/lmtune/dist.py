@@ -1,4 +1,8 @@
-"""Device, precision and accelerate set-up; rank helpers.
+"""Device, precision and accelerate set-up; rank helpers; process-wide memory settings.
+
+Importing this module caps oneDNN's primitive cache (below); `release_free_memory` hands
+glibc's free heap pages back to the OS. Both are measured in bench/eval_memory.py and
+bench/classify.py.
 
 bf16 autocast is used where the hardware runs bf16 matmuls natively (CUDA with bf16, CPUs
 with avx512_bf16 or AMX); elsewhere fp32. fp16 is not offered: no CPU runs it fast, and it
