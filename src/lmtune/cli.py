@@ -160,14 +160,14 @@ def cmd_eval(args) -> int:
     run = open_run(args.run_dir) if Path(args.run_dir).is_dir() else None
     if run is not None and run.config is not None and run.config.task != "classify":
         return cmd_eval_lm(args)
-    clf, metrics = evaluate_run(args.run_dir, args.overrides)
+    clf, metrics = evaluate_run(args.run_dir, args.overrides, progress=True)
     texts, labels = metrics.pop("texts"), metrics.pop("labels")
     print(format_metrics(metrics, clf.label_names))
     result = {"test": metrics}
     if args.compare_base:
         from lmtune.infer.predict import evaluate_base
 
-        base = evaluate_base(clf, texts, labels)
+        base = evaluate_base(clf, texts, labels, progress=True)
         result["base"] = {"test": base}
         print(format_comparison(base, metrics))
     out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"

@@ -57,8 +57,10 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), f"data.test={other}", "--json", str(tmp_path / "e.json"),
                  "--output", str(preds)]) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     assert "accuracy" in table and "confusion matrix" in table and "majority baseline" in table
+    assert "eval: 100%" in captured.err and "50/50" in captured.err  # the progress bar
     metrics = json.loads((tmp_path / "e.json").read_text())["test"]
     assert metrics["n"] == 50 and metrics["accuracy"] >= 0.9
     lines = [json.loads(x) for x in preds.read_text().splitlines()]

@@ -79,6 +79,8 @@ def test_eval_of_an_sft_run_compares_with_its_base(sft_run, tmp_path, capsys):
     out = tmp_path / "preds.jsonl"
     assert main(["eval", str(sft_run), "--compare-base", "--output", str(out),
                  "eval.max_samples=8", "generate.max_new_tokens=12"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("eval: 100%") == 2  # the loss pass over the test rows, twice
     result = json.loads((sft_run / "eval.json").read_text())
     tuned, base = result["test"], result["base"]["test"]
     for m in (tuned, base):
@@ -86,7 +88,7 @@ def test_eval_of_an_sft_run_compares_with_its_base(sft_run, tmp_path, capsys):
                 "exact_match"} <= set(m)
         assert m["generated"] == 8
     assert tuned["loss"] < base["loss"] and tuned["rougeL"] > base["rougeL"]
-    table = capsys.readouterr().out
+    table = captured.out
     assert "base" in table and "tuned" in table and "change" in table
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 8 and all({"prompt", "reference", "text", "base_text"} <= set(r)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from lmtune import dist
 from lmtune.data.collate import Encoded, collate, eval_batches
@@ -31,13 +33,20 @@ def _new_shape_trims(last: torch.Size | None, shape: torch.Size) -> torch.Size:
     return shape
 
 
+def eval_bar(rows: int, progress: bool):
+    """A progress bar over the rows of an evaluation pass (off inside training)."""
+    return tqdm(total=rows, desc="eval", unit="row", disable=not progress, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
 def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
-                    autocast=contextlib.nullcontext) -> Iterator[tuple[list[int], torch.Tensor,
-                                                                       dict]]:
+                    autocast=contextlib.nullcontext, progress: bool = False
+                    ) -> Iterator[tuple[list[int], torch.Tensor, dict]]:
     """Yield (row indices, fp32 logits [B, C], batch) over length-sorted batches, no grad."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    bar = eval_bar(len(data), progress)
     try:
         with torch.inference_mode():
             shape = None
@@ -49,16 +58,19 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
                     out = model(input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"])
                 yield idx, out.logits.float(), batch
+                bar.update(len(idx))
     finally:
         model.train(was_training)
+        bar.close()
 
 
 def evaluate(model, data: Encoded, label_names: list[str], batch_size: int, pad_id: int,
-             autocast=contextlib.nullcontext) -> dict:
+             autocast=contextlib.nullcontext, progress: bool = False) -> dict:
     """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`."""
     m = [[0] * len(label_names) for _ in label_names]
     loss_sum = 0.0
-    for _, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast):
+    for _, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast,
+                                            progress):
         labels = batch["labels"]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         add_to_confusion(m, labels.tolist(), logits.argmax(-1).tolist())
@@ -80,7 +92,7 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
 
 
 def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
-                autocast=contextlib.nullcontext) -> dict:
+                autocast=contextlib.nullcontext, progress: bool = False) -> dict:
     """Token-level loss and perplexity (causal: next token; mlm: masked tokens), streamed:
     only running sums are kept, never logits."""
     from lmtune.objectives import loss_sum, make_batch
@@ -89,6 +101,7 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
     was_training = model.training
     model.eval()
     total, units, shape = 0.0, 0, None
+    bar = eval_bar(len(data), progress)
     try:
         with torch.inference_mode():
             # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
@@ -99,8 +112,10 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 total += loss_sum(objective, model, batch, autocast).item()
                 units += data.count_units(idx)
+                bar.update(len(idx))
     finally:
         model.train(was_training)
+        bar.close()
     loss = total / max(1, units)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": units,
             "n": len(data)}

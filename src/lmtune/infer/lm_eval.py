@@ -66,7 +66,7 @@ def evaluate_model(model_ref: str | Path, cfg: Config, items: list, where: list[
                       getattr(model.config, "decoder_start_token_id", None))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics = evaluate_lm(model, enc, objective, cfg.eval.batch_size, pad,
-                          lambda: dist.autocast(precision))
+                          lambda: dist.autocast(precision), progress)
     rows: list[dict] = [{"where": w} for w in where]
     if cfg.task in ("sft", "seq2seq") and generator is not None:
         n = cfg.eval.max_samples or len(items)

@@ -87,9 +87,9 @@ class Predictor:
                         "scores": dict(zip(self.label_names, row))})
         return out
 
-    def evaluate(self, texts: list[str], labels: list[str]) -> dict:
+    def evaluate(self, texts: list[str], labels: list[str], progress: bool = False) -> dict:
         return evaluate(self.model, self.encode(texts, labels), self.label_names,
-                        self.batch_size, self.pad_id, self.autocast)
+                        self.batch_size, self.pad_id, self.autocast, progress)
 
     def __call__(self, texts: str | list[str]) -> dict | list[dict]:
         if isinstance(texts, str):
@@ -129,7 +129,8 @@ def model_task(model_dir: Path) -> str:
     return "mlm" if arch.endswith("ForMaskedLM") else "classify"
 
 
-def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor, dict]:
+def evaluate_run(path: str | Path, overrides: list[str] = (),
+                 progress: bool = False) -> tuple[Predictor, dict]:
     """Metrics of a saved run on its test split, or on `data.test=FILE` given as override.
 
     Returns (predictor, metrics) where metrics also holds `texts`, `labels` and, while the
@@ -153,7 +154,7 @@ def evaluate_run(path: str | Path, overrides: list[str] = ()) -> tuple[Predictor
         test = load_splits(cfg.data, cfg.seed).test
         if test is None:
             raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
-    metrics = clf.evaluate(test.texts, test.labels)
+    metrics = clf.evaluate(test.texts, test.labels, progress)
     train_labels = _training_labels(Path(path))
     if train_labels is not None:
         metrics["majority_baseline"] = majority_baseline(train_labels, test.labels)
@@ -175,7 +176,8 @@ def _training_labels(run_dir: Path) -> list[str] | None:
         return None
 
 
-def evaluate_base(clf: Predictor, texts: list[str], labels: list[str]) -> dict:
+def evaluate_base(clf: Predictor, texts: list[str], labels: list[str],
+                  progress: bool = False) -> dict:
     """The run's base model, with a new classification head drawn as training drew it, on
     the same texts: what fine-tuning started from."""
     import torch
@@ -190,4 +192,4 @@ def evaluate_base(clf: Predictor, texts: list[str], labels: list[str]) -> dict:
                             cfg.trust_remote_code,
                             attention_impl(cfg.attention, dist.device_type()))
     return evaluate(model.eval(), clf.encode(texts, labels), clf.label_names, clf.batch_size,
-                    clf.pad_id, clf.autocast)
+                    clf.pad_id, clf.autocast, progress)
