@@ -1,6 +1,6 @@
 """Peak memory of `lmtune eval` on 500 vs 5,000 classification texts.
 
-    .venv/bin/python bench/eval_memory.py [--rounds 3]
+    .venv/bin/python bench/eval_memory.py [--rounds 9]
 
 A MiniLM classifier is trained for a few steps (its accuracy does not matter here), then
 `lmtune eval RUN data.test=FILE` runs in a fresh process per measurement, on the first 500
@@ -9,8 +9,9 @@ its peak RSS (ru_maxrss). Last line: `rss_500_mb=... rss_5000_mb=... ratio=... m
 the exit status is 1 when not met.
 
 The target is "no higher". Met means ratio <= 1.02: the 4,500 extra test rows themselves
-(their texts and token ids) take about 8 MB, 1.3%, and runs of one size spread by +-20 MB,
-so a stricter bound would report the noise, not the evaluation.
+(their texts, and their token ids as int32) take a few MB, and single runs of one size spread
+by +-20 MB, so a stricter bound would report the noise, not the evaluation. Five rounds were
+too few: their verdicts flipped between runs; nine showed a steady gap.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def write_texts(rows: list[tuple[str, str]], path: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
