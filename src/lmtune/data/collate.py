@@ -11,6 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# Rows are padded to a multiple of this: few distinct widths, so oneDNN reuses its kernels
+# (and caches fewer of them) instead of building new ones for every length.
+PAD_MULTIPLE = 8
+
+
+def padded(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    """`n` rounded up to a multiple of `multiple`: the width a row of n tokens is padded to."""
+    return -(-n // multiple) * multiple
+
 
 @dataclass
 class Encoded:
@@ -85,7 +94,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
 
 
 def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None,
-                 multiple: int = 8) -> list[list[int]]:
+                 multiple: int = PAD_MULTIPLE) -> list[list[int]]:
     """Deterministic batches sorted by length (fastest for inference); callers restore order.
 
     With `max_tokens`, a batch also stops growing once its padded size (rows x its longest
@@ -98,14 +107,14 @@ def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = N
         rows = len(batches[-1]) + 1
         if batches[-1] and (rows > batch_size or
                             (max_tokens is not None and
-                             rows * (-(-lengths[i] // multiple) * multiple) > max_tokens)):
+                             rows * padded(lengths[i], multiple) > max_tokens)):
             batches.append([])
         batches[-1].append(i)
     return batches if batches[0] else []
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int,
-            multiple: int = 8) -> dict[str, torch.Tensor]:
+            multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
     """Pad the rows `idx` to their longest, rounded up to a multiple of `multiple`:
     input_ids/attention_mask [B, T], labels [B].
 
@@ -113,7 +122,7 @@ def collate(data: Encoded, idx: list[int], pad_id: int,
     of building new ones for every length.
     """
     rows = [data.input_ids[i] for i in idx]
-    width = -(-max(len(r) for r in rows) // multiple) * multiple
+    width = padded(max(len(r) for r in rows), multiple)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):
@@ -126,7 +135,7 @@ def collate(data: Encoded, idx: list[int], pad_id: int,
 
 
 def collate_lm(data: Encoded, idx: list[int], pad_id: int,
-               multiple: int = 8) -> dict[str, torch.Tensor]:
+               multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
     """Rows `idx` for a language-model loss: input_ids and targets [B, T] (-100 where no loss).
 
     Unpacked rows get an attention mask. Packed rows get position ids that restart at every
@@ -134,7 +143,7 @@ def collate_lm(data: Encoded, idx: list[int], pad_id: int,
     data/packing.py); a sample's first token is never a target of the previous sample's last.
     """
     rows = [data.input_ids[i] for i in idx]
-    width = -(-max(len(r) for r in rows) // multiple) * multiple
+    width = padded(max(len(r) for r in rows), multiple)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), -100, dtype=torch.long)
     for b, i in enumerate(idx):
@@ -162,7 +171,7 @@ def collate_lm(data: Encoded, idx: list[int], pad_id: int,
 
 
 def collate_seq2seq(data: Encoded, idx: list[int], pad_id: int,
-                    multiple: int = 8) -> dict[str, torch.Tensor]:
+                    multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
     """Rows `idx` for an encoder-decoder: input_ids/attention_mask [B, S] for the encoder;
     decoder_input_ids and targets [B, T] (-100 past each target) for the decoder.
 
@@ -171,7 +180,7 @@ def collate_seq2seq(data: Encoded, idx: list[int], pad_id: int,
     """
     batch = collate(data, idx, pad_id, multiple)
     dec = [data.decoder_ids[i] for i in idx]
-    width = -(-max(map(len, dec)) // multiple) * multiple
+    width = padded(max(map(len, dec)), multiple)
     decoder_ids = torch.full((len(dec), width), pad_id, dtype=torch.long)
     targets = torch.full((len(dec), width), -100, dtype=torch.long)
     for b, i in enumerate(idx):

@@ -17,7 +17,7 @@ import torch
 
 from lmtune.config import Config
 from lmtune.data import formats, templates
-from lmtune.data.collate import Encoded
+from lmtune.data.collate import Encoded, padded
 from lmtune.data.load import read_source
 from lmtune.data.packing import best_fit, padding_share
 from lmtune.data.readers import Table
@@ -190,11 +190,7 @@ def batch_padding(enc: Encoded, batch: int) -> float:
     lengths = [len(r) for r in enc.input_ids]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     rows = [order[s:s + batch] for s in range(0, len(order), batch)]
-    return padding_share(lengths, rows, lambda r: len(r) * _round8(max(lengths[i] for i in r)))
-
-
-def _round8(n: int) -> int:
-    return -(-n // 8) * 8
+    return padding_share(lengths, rows, lambda r: len(r) * padded(max(lengths[i] for i in r)))
 
 
 def causal_units(trained: list[bool], segments: list[int]) -> int:
