@@ -31,6 +31,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
 METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 class ConfigError(LmtuneError):
@@ -121,6 +122,9 @@ class TrainConfig:
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
                                 "epoch ends and on SIGTERM/SIGINT)")
     keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")
+    distributed: str = opt("ddp", "with several processes: ddp (each holds the whole model) "
+                           "or fsdp (parameters, gradients and optimizer state sharded "
+                           "over them; torch FSDP2)")
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
@@ -132,6 +136,7 @@ class TrainConfig:
         _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("distributed", self.distributed, DISTRIBUTED)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 

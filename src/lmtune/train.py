@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmtune import checkpoint, dist, rundir
+from lmtune import checkpoint, dist, fsdp, rundir
 from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data.collate import Encoded, encode, epoch_batches
 from lmtune.data.lm import Report, encode_splits, load_lm_splits, mlm_view
@@ -33,8 +33,7 @@ from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
 from lmtune.objectives import OBJECTIVES, loss_sum, make_batch
 from lmtune.models.methods import (apply_method, count_parameters,
-                                   hold_frozen_linears_in_bf16, set_dropout,
-                                   trainable_state)
+                                   hold_frozen_linears_in_bf16, set_dropout)
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.track import JsonlLogger, NullLogger
 
@@ -54,6 +53,7 @@ class Setup:
     steps_per_epoch: int
     out: Path
     logger: object
+    sharded: bool = False  # train.distributed=fsdp over several processes
     resumed: checkpoint.Loaded | None = None
     report: dict | None = None  # sft/clm/mlm: what the loss sees (data_report.json)
     prompts: list | None = None  # sft/seq2seq: validation conversations to generate from
@@ -155,9 +155,13 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         if accelerator.num_processes > 1 else batches
     steps_per_epoch = math.ceil(steps_per_epoch / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    sharded = cfg.train.distributed == "fsdp" and accelerator.num_processes > 1
+    if sharded:  # before the optimizer: sharding replaces every parameter
+        model = fsdp.shard_model(model, accelerator.device, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours
+    if not sharded:  # DDP over several processes; the scheduler stays ours
+        model, optimizer = accelerator.prepare(model, optimizer)
     resumed = None
     if cfg.resume:
         resumed = checkpoint.load_latest(out / "checkpoints", accelerator.process_index,
@@ -177,7 +181,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
             rundir.atomic_write_json(out / "data_report.json", vars(report))
         logger = JsonlLogger(out / "metrics.jsonl")
     return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger, resumed,
+                 precision, total_steps, steps_per_epoch, out, logger, sharded, resumed,
                  vars(report) if report is not None else None, prompts)
 
 
@@ -288,8 +292,8 @@ def start_state(s: Setup) -> FitState:
     if set(r.trainable) != expected:
         raise LmtuneError(f"checkpoint {r.path}: its trainable tensors do not match this "
                           f"model and method ({len(r.trainable)} saved, {len(expected)} here)")
-    model.load_state_dict(r.trainable, strict=False)
-    s.optimizer.load_state_dict(r.optimizer)
+    fsdp.load_trainable(model, r.trainable, s.sharded)
+    fsdp.load_optimizer_state(model, s.optimizer, r.optimizer, s.sharded)
     s.scheduler.load_state_dict(r.scheduler)
     checkpoint.set_rng_state(r.rng)
     p = {k: v for k, v in r.progress.items() if k != "world_size"}
@@ -297,7 +301,7 @@ def start_state(s: Setup) -> FitState:
     if r.best is not None:
         state.best_weights = r.best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights
-        state.best_weights = trainable_state(model)
+        state.best_weights = fsdp.trainable_state(model, s.sharded)
     if s.accelerator.is_main_process:
         print(f"resumed from {r.path} at step {state.step}", file=sys.stderr)
     s.logger.log({"step": state.step, "event": "resumed", "checkpoint": r.path.name})
@@ -325,14 +329,17 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
     else:
         rngs = [checkpoint.rng_state()]
     path = None
+    model = acc.unwrap_model(s.model)
+    # Sharded, every rank takes part in gathering; else only rank 0 copies what it writes.
+    if s.sharded or acc.is_main_process:
+        trainable = fsdp.trainable_state(model, s.sharded)
+        optimizer = fsdp.optimizer_state(model, s.optimizer, s.sharded)
     if acc.is_main_process:
         state.window_loss = window_loss.item()
         state.seconds = time.perf_counter() - start
-        model = acc.unwrap_model(s.model)
         best = state.best_weights if state.best.get("step", state.step) != state.step else None
         path = checkpoint.save(s.out / "checkpoints", state.step,
-                               trainable=trainable_state(model), best=best,
-                               optimizer=s.optimizer.state_dict(),
+                               trainable=trainable, best=best, optimizer=optimizer,
                                scheduler=s.scheduler.state_dict(), rngs=rngs,
                                progress=state.progress(acc.num_processes),
                                keep=s.cfg.train.keep_checkpoints,
@@ -408,7 +415,8 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
                else metrics[name] > state.best[name]))
     if better:
         state.best = {"step": state.step, **metrics}
-        state.best_weights = trainable_state(s.accelerator.unwrap_model(s.model))
+        state.best_weights = fsdp.trainable_state(s.accelerator.unwrap_model(s.model),
+                                                  s.sharded)
     state.aside_seconds += time.perf_counter() - began
 
 
@@ -418,7 +426,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
 def finish(s: Setup, state: FitState) -> RunResult:
     model = s.accelerator.unwrap_model(s.model)
     if state.best_weights is not None and state.best["step"] != state.step:
-        model.load_state_dict(state.best_weights, strict=False)
+        fsdp.load_trainable(model, state.best_weights, s.sharded)
     test = None
     if "test" in s.data:
         test = evaluate_split(s, "test")
@@ -427,8 +435,10 @@ def finish(s: Setup, state: FitState) -> RunResult:
     seconds = max(state.seconds - state.aside_seconds, 1e-9)
     result = RunResult(s.out, test, state.best, state.step, state.seconds,
                        state.samples / seconds, state.tokens / seconds)
+    weights = fsdp.full_state(model) if s.sharded else None  # a collective
     if s.accelerator.is_main_process:
-        rundir.atomic_save_dir(s.out / "model", lambda p: save_model(model, s.tokenizer, p))
+        rundir.atomic_save_dir(s.out / "model",
+                               lambda p: save_model(model, s.tokenizer, p, weights))
         if test is not None:
             rundir.atomic_write_json(s.out / "eval.json", {"test": test})
         print(summary(s, result, model))

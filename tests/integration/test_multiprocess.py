@@ -2,6 +2,7 @@
 disjoint data shards per rank, loss normalized over the global batch, the LR schedule stepped
 once per optimizer step, and only rank 0 writing the run dir."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -36,7 +37,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_bert, sentiment
     wb = load_file(two / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:  # gloo sums gradients in another order: equal up to float rounding
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, k=k: f"{k}: {m}")
 
     ma, mb = metrics(one), metrics(two)
     steps = [r for r in ma if "split" not in r]
@@ -44,3 +46,72 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_bert, sentiment
     for ra, rb in zip(ma, mb, strict=True):
         assert ra.get("lr") == rb.get("lr")  # once per optimizer step, not per process
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+
+
+def weights(run):
+    return load_file(run / "model" / "model.safetensors")
+
+
+def test_fsdp_shards_and_trains_like_one_process(tiny_bert, sentiment_csv, tmp_path):
+    """train.distributed=fsdp: the same weights as one process, saved whole by rank 0; a
+    checkpoint written from shards resumes to the same end (the best weights, gathered at
+    each validation, come back as the model)."""
+    base = [f"model={tiny_bert}", f"data.train={sentiment_csv}", *COMMON,
+            "train.eval_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+            "eval.metric=loss"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
+    fsdp = ["train.grad_accum=1", "train.distributed=fsdp", f"output_dir={two}"]
+    run = [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet", *base, *fsdp]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wa, wb = weights(one), weights(two)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+    ma, mb = metrics(one), metrics(two)
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra.get("lr") == rb.get("lr")
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+
+    # Resume from the step-2 checkpoint (its trainable weights and optimizer state were
+    # gathered from the shards): the run must end where the unbroken one did.
+    checkpoints = sorted((two / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 3, checkpoints
+    saved = torch.load(checkpoints[0] / "optimizer.pt", weights_only=True)["optimizer"]
+    assert all(isinstance(k, str) for k in saved["state"])  # gathered by name from shards
+    for c in checkpoints[1:]:
+        shutil.rmtree(c)
+    proc = subprocess.run(run + ["resume=true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    replayed = [r for r in metrics(two) if "event" not in r]
+    for ra, rb in zip(mb, replayed, strict=True):  # steps 3-6 again, from the checkpoint
+        assert {**ra, "samples_per_s": 0, "tokens_per_s": 0} == pytest.approx(
+            {**rb, "samples_per_s": 0, "tokens_per_s": 0}, abs=1e-6)
+    for k, v in weights(two).items():
+        torch.testing.assert_close(v, wb[k], atol=1e-6, rtol=1e-5,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_fsdp_lora_adapter_equals_one_process(tiny_bert, sentiment_csv, tmp_path):
+    """LoRA under FSDP: frozen base weights are sharded too, and only the adapter (gathered
+    from the shards) is saved, the same as one process trains it."""
+    # No LoRA dropout: one process and two draw their masks from different RNG streams.
+    base = [f"model={tiny_bert}", f"data.train={sentiment_csv}", *COMMON, "method=lora",
+            "lora.dropout=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet", *base,
+         "train.grad_accum=1", "train.distributed=fsdp", f"output_dir={two}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wa = load_file(one / "model" / "adapter_model.safetensors")
+    wb = load_file(two / "model" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and any("lora_B" in k for k in wa)
+    for k in wa:
+        assert wa[k].abs().sum() > 0 or "lora_B" not in k, k  # the adapter trained
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, k=k: f"{k}: {m}")

@@ -15,13 +15,15 @@ def is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_model(model: nn.Module, tokenizer, path: Path) -> None:
+def save_model(model: nn.Module, tokenizer, path: Path,
+               state_dict: dict | None = None) -> None:
     """safetensors weights + config (with id2label) + tokenizer.
 
     A PEFT model saves only its adapter (and head); the base config with the label map is
-    saved beside it so the classes survive without the training config.
+    saved beside it so the classes survive without the training config. `state_dict`: the
+    whole tensors of a sharded model (its parameters hold only this rank's shards).
     """
-    model.save_pretrained(path)
+    model.save_pretrained(path, state_dict=state_dict)
     if is_peft(model):
         model.get_base_model().config.save_pretrained(path)
     tokenizer.save_pretrained(path)
