@@ -114,9 +114,6 @@ def cmd_train(args) -> int:
     from lmtune.config import load_config
     from lmtune.train import train
 
-    if args.nproc > 1:
-        return launch(args.nproc, ["train", *(["--quiet"] if args.quiet else []), *args.args])
-
     items = list(args.args)
     path = None
     if items and "=" not in items[0]:
@@ -125,7 +122,9 @@ def cmd_train(args) -> int:
     if bad:
         raise LmtuneError(f"command line: expected key=value, got {bad[0]!r} (only the first "
                           "argument may be a config file)")
-    cfg = load_config(path, items)
+    cfg = load_config(path, items)  # a bad config stops here, before any process starts
+    if args.nproc > 1:
+        return launch(args.nproc, ["train", *(["--quiet"] if args.quiet else []), *args.args])
     train(cfg, progress=not args.quiet)
     return 0
 

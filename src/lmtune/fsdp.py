@@ -27,16 +27,24 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def shard_model(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+def shard_model(model: nn.Module, device: torch.device, world: int,
+                precision: str = "fp32") -> nn.Module:
     """Apply `fully_shard` to every transformer block, then to the root; returns the model.
+
+    bf16: the shards stay fp32 (as do the optimizer's updates and the gradients' reduction),
+    and each block is gathered in bf16, the dtype autocast would cast it to anyway. Casting
+    after the gather instead would keep a bf16 copy of every weight alive for the backward;
+    gathered in bf16, FSDP frees and regathers them.
 
     A block holding the input embeddings is left to the root: an output layer tied to them
     (MLM heads, small decoders) must share one FSDP unit with them.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if precision == "bf16" else MixedPrecisionPolicy()
     blocks = set(getattr(model, "_no_split_modules", None) or ())
     embeddings = model.get_input_embeddings().weight
     units = [m for m in model.modules() if type(m).__name__ in blocks
@@ -46,8 +54,8 @@ def shard_model(model: nn.Module, device: torch.device, world: int) -> nn.Module
                           "transformer blocks (_no_split_modules) to shard; use ddp")
     for m in units:
         if not any(u is not m and _contains(u, m) for u in units):  # outermost blocks only
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+            fully_shard(m, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
@@ -68,10 +76,25 @@ def trainable_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of a sharded model, whole, on rank 0 ({} on the others): what
-    `save_pretrained` writes."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    `save_pretrained` writes.
 
-    return get_model_state_dict(model, options=_options(cpu_offload=True))
+    Gathered one tensor at a time, and only rank 0 keeps them: rank 0 then holds one whole
+    copy of the model (`get_model_state_dict` peaked at several copies), and tied weights
+    stay one tensor under both names.
+    """
+    import torch.distributed as tdist
+    from torch.distributed.tensor import DTensor
+
+    keep = tdist.get_rank() == 0
+    whole: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        if id(t) not in whole:
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            whole[id(t)] = full.detach().cpu() if keep else full[:0]
+        if keep:
+            out[name] = whole[id(t)]
+    return out
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:

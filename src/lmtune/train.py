@@ -157,7 +157,8 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     sharded = cfg.train.distributed == "fsdp" and accelerator.num_processes > 1
     if sharded:  # before the optimizer: sharding replaces every parameter
-        model = fsdp.shard_model(model, accelerator.device, accelerator.num_processes)
+        model = fsdp.shard_model(model, accelerator.device, accelerator.num_processes,
+                                  precision)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     if not sharded:  # DDP over several processes; the scheduler stays ours
@@ -425,8 +426,12 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
 
 def finish(s: Setup, state: FitState) -> RunResult:
     model = s.accelerator.unwrap_model(s.model)
+    # Training is over: AdamW's moments (twice the trainable weights) and the copy of the
+    # best weights are freed before the test pass and the save, which need memory of their own.
+    s.optimizer.state.clear()
     if state.best_weights is not None and state.best["step"] != state.step:
         fsdp.load_trainable(model, state.best_weights, s.sharded)
+    state.best_weights = None
     test = None
     if "test" in s.data:
         test = evaluate_split(s, "test")

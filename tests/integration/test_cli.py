@@ -31,6 +31,8 @@ def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
     (["train", "train.max_length=4096"], "more than the 512 positions minilm was trained"),
     (["train", "data.train=missing.csv"], "missing.csv: file not found"),
     (["predict", "/nonexistent-run"], "not a run dir or model dir"),
+    # checked before torchrun starts: exit 2, not its child-failure report
+    (["train", "--nproc", "2", "train.distributed=zero3"], "must be one of ddp, fsdp"),
 ])
 def test_cli_errors_exit_2(args, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output_dir is relative: keep it out of the repo
