@@ -8,6 +8,9 @@
         optimizer.pt           optimizer + LR scheduler state (read with weights_only=True)
         rng-R.pt               python, numpy, torch (and CUDA) RNG states of rank R
         progress.json          step, epoch, position in the epoch, counters, best metrics
+        shards/                train.distributed=fsdp: the trainable weights, AdamW state and
+                               best weights, each rank's shards (torch.distributed.checkpoint),
+                               instead of the three files above
         manifest.json          sha256 of every file above; written last
 
 A checkpoint is filled in `.tmp-step-N/`, every file fsynced, then renamed into place, so a
@@ -33,26 +36,33 @@ import torch
 from lmtune.errors import LmtuneError
 
 MANIFEST = "manifest.json"
+SHARDS = "shards"
 
 
 @dataclass
 class Loaded:
     path: Path
     progress: dict[str, Any]
-    trainable: dict[str, torch.Tensor]
+    trainable: dict[str, torch.Tensor] | None  # None: sharded (in `shards`)
     best: dict[str, torch.Tensor] | None
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+    shards: Path | None = None
 
 
 # ----------------------------------------------------------------------------- saving
 
 
-def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor],
-         best: dict[str, torch.Tensor] | None, optimizer: dict, scheduler: dict,
-         rngs: list[dict], progress: dict[str, Any], keep: int, best_step: int | None) -> Path:
+def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
+         best: dict[str, torch.Tensor] | None, optimizer: dict | None, scheduler: dict,
+         rngs: list[dict], progress: dict[str, Any], keep: int, best_step: int | None,
+         shards: Callable[[Path], None] | None = None, rank: int = 0) -> Path | None:
     """Write checkpoint `step-{step}` atomically; then keep the newest `keep` and the best.
+
+    Sharded (`shards` given, `trainable`/`best`/`optimizer` None): every rank calls this;
+    `shards(dir)` is the collective in which each rank writes its part, then rank 0 writes
+    the rest and the manifest, and renames (the others return None).
 
     On a failed write (disk full, permission denied) the partial temp dir is removed and an
     LmtuneError says so; earlier checkpoints are untouched.
@@ -62,20 +72,31 @@ def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor],
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        if shards is not None:
+            torch.distributed.barrier()  # the temp dir exists for every rank
+            shards(tmp / SHARDS)
+            if rank != 0:
+                return None
         writers: dict[str, Callable[[Path], None]] = {
-            "trainable.safetensors": lambda p: save_file(_contiguous(trainable), p),
             "optimizer.pt": lambda p: torch.save({"optimizer": optimizer,
                                                   "scheduler": scheduler}, p),
             "progress.json": lambda p: p.write_text(json.dumps(progress, indent=1)),
         }
+        if trainable is not None:
+            writers["trainable.safetensors"] = lambda p: save_file(_contiguous(trainable), p)
         if best is not None:
             writers["best.safetensors"] = lambda p: save_file(_contiguous(best), p)
-        for rank, state in enumerate(rngs):
-            writers[f"rng-{rank}.pt"] = lambda p, state=state: torch.save(state, p)
+        for r, state in enumerate(rngs):
+            writers[f"rng-{r}.pt"] = lambda p, state=state: torch.save(state, p)
         hashes = {name: _write_synced(tmp / name, write) for name, write in writers.items()}
+        if shards is not None:  # written by every rank; hashed (and fsynced) here
+            hashes |= {f"{SHARDS}/{f.name}": _write_synced(f, lambda p: None)
+                       for f in sorted((tmp / SHARDS).iterdir())}
+            _fsync_dir(tmp / SHARDS)
         _write_synced(tmp / MANIFEST, lambda p: p.write_text(json.dumps(
             {"step": step, "files": hashes}, indent=1)))
         _fsync_dir(tmp)
@@ -167,7 +188,7 @@ def check(path: Path) -> str | None:
     return None
 
 
-def load_latest(root: Path, rank: int, world: int) -> Loaded | None:
+def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loaded | None:
     """The newest valid checkpoint under `root`, or None when there is none."""
     from safetensors.torch import load_file
 
@@ -176,12 +197,18 @@ def load_latest(root: Path, rank: int, world: int) -> Loaded | None:
         if progress.get("world_size", 1) != world:
             raise LmtuneError(f"checkpoint {path}: written by {progress.get('world_size')} "
                               f"processes; resume with the same number (got {world})")
+        if (path / SHARDS).is_dir() != sharded:
+            raise LmtuneError(f"checkpoint {path}: written with train.distributed="
+                              f"{'fsdp' if not sharded else 'ddp'}; resume with the same")
         try:
             opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
             rng = torch.load(path / f"rng-{rank}.pt", weights_only=True)
         except Exception as e:  # noqa: BLE001 - an unpickling refusal has many types
             raise LmtuneError(f"checkpoint {path}: refused to load its state "
                               f"(only plain tensors and numbers are read): {e}") from None
+        if sharded:  # the weights and optimizer state are read into the sharded model
+            return Loaded(path, progress, None, None, None, opt["scheduler"], rng,
+                          path / SHARDS)
         best = path / "best.safetensors"
         return Loaded(path, progress, load_file(path / "trainable.safetensors"),
                       load_file(best) if best.exists() else None,

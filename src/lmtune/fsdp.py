@@ -8,23 +8,21 @@ process group, device, reductions and barriers. Each transformer block the model
 all-gathered just before its forward (and backward) and freed after, so a rank holds its
 1/N shard of every weight plus one whole block at a time.
 
-Reading or writing whole tensors is then a collective: every helper below that takes
-`sharded=True` must be called on every rank, in the same order. With `sharded=False` they
-are the plain single-copy operations (DDP, or one process).
+Nothing is gathered while training runs: the best weights are kept as each rank's shards,
+and checkpoints are written shard by shard with torch.distributed.checkpoint. Only the final
+save gathers whole tensors, one at a time, onto rank 0. `save_shards`, `load_shards` and
+`full_state` are collectives: every rank calls them, in the same order.
 """
 from __future__ import annotations
+
+import pickle
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from lmtune.errors import LmtuneError
 from lmtune.models.methods import trainable_state as local_trainable_state
-
-
-def _options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
 
 
 def shard_model(model: nn.Module, device: torch.device, world: int,
@@ -64,14 +62,105 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
 
 
 def trainable_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
-    """Whole CPU copies of the trainable tensors. Sharded: gathered on every rank, kept on
-    rank 0 only (the others get {})."""
+    """A detached copy of the trainable tensors (the best weights so far). Sharded: each
+    rank copies its own shards (DTensors); nothing is gathered."""
     if not sharded:
         return local_trainable_state(model)
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    return get_model_state_dict(model, options=_options(cpu_offload=True,
-                                                        ignore_frozen_params=True))
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
+    """Put `trainable_state`'s copy back (each rank its own shards, when sharded)."""
+    if not sharded:
+        model.load_state_dict(state, strict=False)
+        return
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+def _states(model: nn.Module, optimizer, best: dict | None) -> dict:
+    """What a sharded checkpoint holds, as DTensors: the trainable weights, AdamW's state,
+    and the best weights so far."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    state = {"model": get_model_state_dict(model, options=StateDictOptions(
+        ignore_frozen_params=True)), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    if best is not None:
+        state["best"] = best
+    return state
+
+
+def save_shards(model: nn.Module, optimizer, best: dict | None, path: Path) -> None:
+    """Every rank writes its shards into `path`: no rank ever holds more than its own share
+    of the weights or of AdamW's state."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_states(model, optimizer, best), checkpoint_id=path)
+
+
+# What the metadata of a torch.distributed.checkpoint holds (torch 2.13); nothing else may be
+# unpickled from it.
+_METADATA_GLOBALS = {("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"),
+                     ("torch.serialization", "_get_layout"),
+                     ("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if ((module, name) in _METADATA_GLOBALS
+                or module == "torch.distributed.checkpoint.metadata"
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+def _safe_reader(path: Path):
+    """torch.distributed.checkpoint's reader and load planner unpickle with plain pickle
+    (the metadata, and non-tensor values such as AdamW's hyperparameters): a tampered
+    checkpoint could run code. Both are checked first, with only plain data allowed, as
+    every other checkpoint file is read (`weights_only`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class Reader(dcp.FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(Path(path) / ".metadata", "rb") as f:
+                _MetadataUnpickler(f).load()
+            return super().read_metadata(*args, **kwargs)
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            torch.load(value, weights_only=True)
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return Reader(path), Planner()
+
+
+def load_shards(model: nn.Module, optimizer, path: Path) -> dict | None:
+    """Read `save_shards`'s checkpoint back into the model and optimizer, each rank its own
+    shards; returns the best weights (as `trainable_state` makes them), or None."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    reader, planner = _safe_reader(path)
+    try:
+        saved = reader.read_metadata().state_dict_metadata
+        has_best = any(k.startswith("best.") for k in saved)
+        state = _states(model, optimizer, trainable_state(model, True) if has_best else None)
+        dcp.load(state, storage_reader=reader, planner=planner)
+    except Exception as e:  # noqa: BLE001 - DCP wraps a missing key or a refusal its own way
+        raise LmtuneError(f"checkpoint {path}: could not read its shards; do they match this "
+                          f"model and method? ({type(e).__name__}: {str(e)[:300]})") from None
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    return state.get("best")
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +168,7 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     `save_pretrained` writes.
 
     Gathered one tensor at a time, and only rank 0 keeps them: rank 0 then holds one whole
-    copy of the model (`get_model_state_dict` peaked at several copies), and tied weights
+    copy of the model, and tied weights
     stay one tensor under both names.
     """
     import torch.distributed as tdist
@@ -95,41 +184,3 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
         if keep:
             out[name] = whole[id(t)]
     return out
-
-
-def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
-    """Put whole trainable tensors back. Sharded: rank 0's `state` is broadcast and each rank
-    keeps its shard."""
-    if not sharded:
-        model.load_state_dict(state, strict=False)
-        return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    # A copy: set_model_state_dict fills the dict it is given with the model's own shards.
-    set_model_state_dict(model, dict(state), options=_options(strict=False,
-                                                              broadcast_from_rank0=True))
-
-
-def optimizer_state(model: nn.Module, optimizer, sharded: bool) -> dict:
-    """The optimizer state to checkpoint. Sharded: whole tensors keyed by parameter name,
-    on rank 0 ({} on the others); else torch's own, keyed by parameter index."""
-    if not sharded:
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-
-
-def load_optimizer_state(model: nn.Module, optimizer, state: dict, sharded: bool) -> None:
-    """Restore `optimizer_state`'s output; each rank passes the state it loaded."""
-    keys = list(state.get("state", {}))
-    by_name = bool(keys) and isinstance(keys[0], str)
-    if keys and by_name != sharded:
-        raise LmtuneError("checkpoint: its optimizer state was written with train.distributed="
-                          f"{'fsdp' if by_name else 'ddp'}; resume with the same setting")
-    if not sharded:
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, state, options=_options())

@@ -166,7 +166,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
     resumed = None
     if cfg.resume:
         resumed = checkpoint.load_latest(out / "checkpoints", accelerator.process_index,
-                                         accelerator.num_processes)
+                                         accelerator.num_processes, sharded)
         if resumed is None and accelerator.is_main_process:
             print(f"resume: no valid checkpoint in {out / 'checkpoints'}; starting at step 0",
                   file=sys.stderr)
@@ -289,18 +289,23 @@ def start_state(s: Setup) -> FitState:
     if r is None:
         return FitState()
     model = s.accelerator.unwrap_model(s.model)
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(r.trainable) != expected:
-        raise LmtuneError(f"checkpoint {r.path}: its trainable tensors do not match this "
-                          f"model and method ({len(r.trainable)} saved, {len(expected)} here)")
-    fsdp.load_trainable(model, r.trainable, s.sharded)
-    fsdp.load_optimizer_state(model, s.optimizer, r.optimizer, s.sharded)
+    if r.shards is not None:  # each rank reads its own shards (key mismatches raise)
+        best = fsdp.load_shards(model, s.optimizer, r.shards)
+    else:
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(r.trainable) != expected:
+            raise LmtuneError(f"checkpoint {r.path}: its trainable tensors do not match this "
+                              f"model and method ({len(r.trainable)} saved, "
+                              f"{len(expected)} here)")
+        model.load_state_dict(r.trainable, strict=False)
+        s.optimizer.load_state_dict(r.optimizer)
+        best = r.best
     s.scheduler.load_state_dict(r.scheduler)
     checkpoint.set_rng_state(r.rng)
     p = {k: v for k, v in r.progress.items() if k != "world_size"}
     state = FitState(**p)
-    if r.best is not None:
-        state.best_weights = r.best
+    if best is not None:
+        state.best_weights = best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights
         state.best_weights = fsdp.trainable_state(model, s.sharded)
     if s.accelerator.is_main_process:
@@ -331,22 +336,23 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
         rngs = [checkpoint.rng_state()]
     path = None
     model = acc.unwrap_model(s.model)
-    # Sharded, every rank takes part in gathering; else only rank 0 copies what it writes.
-    if s.sharded or acc.is_main_process:
-        trainable = fsdp.trainable_state(model, s.sharded)
-        optimizer = fsdp.optimizer_state(model, s.optimizer, s.sharded)
     if acc.is_main_process:
         state.window_loss = window_loss.item()
         state.seconds = time.perf_counter() - start
-        best = state.best_weights if state.best.get("step", state.step) != state.step else None
-        path = checkpoint.save(s.out / "checkpoints", state.step,
-                               trainable=trainable, best=best, optimizer=optimizer,
-                               scheduler=s.scheduler.state_dict(), rngs=rngs,
-                               progress=state.progress(acc.num_processes),
-                               keep=s.cfg.train.keep_checkpoints,
-                               best_step=state.best.get("step"))
     else:  # only rank 0 carries the loss window on
         state.window_loss = 0.0
+    best = state.best_weights if state.best.get("step", state.step) != state.step else None
+    common = dict(scheduler=s.scheduler.state_dict(), rngs=rngs,
+                  progress=state.progress(acc.num_processes),
+                  keep=s.cfg.train.keep_checkpoints, best_step=state.best.get("step"))
+    if s.sharded:  # every rank writes its own shards of weights, best weights and AdamW
+        path = checkpoint.save(s.out / "checkpoints", state.step, trainable=None, best=None,
+                               optimizer=None, rank=acc.process_index, **common,
+                               shards=lambda p: fsdp.save_shards(model, s.optimizer, best, p))
+    elif acc.is_main_process:
+        path = checkpoint.save(s.out / "checkpoints", state.step,
+                               trainable=fsdp.trainable_state(model, False), best=best,
+                               optimizer=s.optimizer.state_dict(), **common)
     acc.wait_for_everyone()
     state.aside_seconds += time.perf_counter() - began
     return path

@@ -115,3 +115,28 @@ def test_rewind_metrics_refuses_a_broken_line_in_the_middle(tmp_path):
     path.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
     with pytest.raises(LmtuneError, match=r"metrics.jsonl:2: not valid JSON"):
         rewind_metrics(path, 5)
+
+
+def test_sharded_checkpoint_metadata_and_values_never_run_code(tmp_path):
+    """torch.distributed.checkpoint unpickles its metadata and non-tensor values with plain
+    pickle; lmtune's reader refuses anything but plain data there, before torch reads it."""
+    import io
+
+    from lmtune.fsdp import _safe_reader
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(Evil()))
+    reader, planner = _safe_reader(tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        reader.read_metadata()
+    buf = io.BytesIO()
+    torch.save(Evil(), buf)
+    buf.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        planner.load_bytes(None, buf)
+    assert not marker.exists()
