@@ -34,6 +34,7 @@ ARGS = ["task=sft", "model=smollm2", "method=full", "data.train=aclsum",
 
 def child(strategy: str, out: str) -> None:
     import resource
+    import shutil
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet",
@@ -42,6 +43,7 @@ def child(strategy: str, out: str) -> None:
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     rows = [json.loads(x) for x in open(Path(out) / "metrics.jsonl") if '"lr"' in x]
+    shutil.rmtree(out)  # a 540 MB model and its checkpoints: gigabytes over the rounds
     rows = rows[WARMUP_STEPS:]
     seconds = [SAMPLES_PER_STEP / r["samples_per_s"] for r in rows]  # log_every=1: a step
     tokens = sum(r["tokens_per_s"] * t for r, t in zip(rows, seconds))
