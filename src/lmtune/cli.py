@@ -159,8 +159,10 @@ def cmd_eval(args) -> int:
     run = open_run(args.run_dir) if Path(args.run_dir).is_dir() else None
     if run is not None and run.config is not None and run.config.task != "classify":
         return cmd_eval_lm(args)
-    clf, metrics = evaluate_run(args.run_dir, args.overrides, progress=True)
+    clf, metrics = evaluate_run(args.run_dir, args.overrides, progress=True,
+                                predictions=bool(args.output))
     texts, labels = metrics.pop("texts"), metrics.pop("labels")
+    preds = metrics.pop("predictions", None)
     print(format_metrics(metrics, clf.label_names))
     result = {"test": metrics}
     if args.compare_base:
@@ -173,8 +175,9 @@ def cmd_eval(args) -> int:
     atomic_write_json(out, result)
     print(f"\nwrote {out}")
     if args.output:
-        preds = clf.predict(texts)
-        rows = [{"text": t, "label": y, **p} for t, y, p in zip(texts, labels, preds)]
+        # `label` is the true one, `predicted` the model's, `score` its probability
+        rows = [{"text": t, "label": y, "predicted": p["label"], "score": p["score"],
+                 "scores": p["scores"]} for t, y, p in zip(texts, labels, preds)]
         write_jsonl(Path(args.output), rows)
         print(f"wrote {len(rows)} predictions to {args.output}")
     return 0

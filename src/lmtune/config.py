@@ -124,7 +124,7 @@ class TrainConfig:
     keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")
     distributed: str = opt("ddp", "with several processes: ddp (each holds the whole model) "
                            "or fsdp (parameters, gradients and optimizer state sharded "
-                           "over them; torch FSDP2)")
+                           "over them; torch FSDP2); one process ignores it")
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)

@@ -35,7 +35,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temp dir, then swap it in for `final` (old contents removed)."""
+    """Let `write` fill a temp dir, then swap it in for `final` (old contents removed).
+
+    A failed write (disk full, permission denied) removes the temp dir, leaves `final` as it
+    was, and is an LmtuneError, not a traceback.
+    """
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
     try:
         write(tmp)
@@ -47,8 +51,12 @@ def atomic_save_dir(final: Path, write: Callable[[Path], None]) -> None:
         tmp.rename(final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a failed write as its own error type, "... I/O error: ..."
+        if isinstance(e, OSError) or "I/O error" in str(e):
+            raise LmtuneError(f"{final}: could not write it "
+                              f"({getattr(e, 'strerror', None) or e})") from None
         raise
 
 

@@ -1,7 +1,7 @@
 """The training run, top to bottom: setup → fit → finish.
 
     setup   validate data, load tokenizer + model, apply the method, tokenize once,
-            build optimizer + schedule, prepare with accelerate
+            [shard with FSDP,] build optimizer + schedule, [prepare with accelerate: DDP]
     fit     [resume from the newest valid checkpoint] for each optimizer step: k micro-
             batches (loss normalized over the whole effective batch) → clip → step →
             schedule; log; evaluate; keep the best; checkpoint every N steps, at epoch

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from lmtune.cli import main
+from lmtune.data.collate import collate
 from tests.conftest import sentiment_rows, write_csv
 
 
@@ -51,14 +52,20 @@ def test_different_config_is_not_overwritten(tiny_overrides, tmp_path, capsys):
                  "overwrite=true"]) == 0
 
 
-def test_train_eval_predict(tiny_overrides, tmp_path, capsys):
+def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
+    import lmtune.eval.run as eval_run
+
     assert main(["train", "--quiet", *tiny_overrides]) == 0
     run = tmp_path / "run"
     other = write_csv(tmp_path / "other.csv", sentiment_rows(50, seed=9))
     preds = tmp_path / "preds.jsonl"
     capsys.readouterr()
+    batches = []  # every forward pass collates its batches
+    monkeypatch.setattr(eval_run, "collate",
+                        lambda *a, **k: batches.append(a[1]) or collate(*a, **k))
     assert main(["eval", str(run), f"data.test={other}", "--json", str(tmp_path / "e.json"),
                  "--output", str(preds)]) == 0
+    assert sum(map(len, batches)) == 50  # one pass gives the metrics and the predictions
     captured = capsys.readouterr()
     table = captured.out
     assert "accuracy" in table and "confusion matrix" in table and "majority baseline" in table
@@ -66,7 +73,11 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys):
     metrics = json.loads((tmp_path / "e.json").read_text())["test"]
     assert metrics["n"] == 50 and metrics["accuracy"] >= 0.9
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
-    assert len(lines) == 50 and {"text", "label", "score"} <= set(lines[0])
+    assert len(lines) == 50 and {"text", "label", "predicted", "score"} <= set(lines[0])
+    texts = [r["text"] for r in sentiment_rows(50, seed=9)]
+    assert [x["text"] for x in lines] == texts  # in input order
+    hits = sum(x["label"] == x["predicted"] for x in lines)  # the true label is kept
+    assert hits / 50 == pytest.approx(metrics["accuracy"])
     # new data with its own column names: the mapping applies to it, not to the training data
     renamed = write_csv(tmp_path / "renamed.csv", [{"review": r["text"], "verdict": r["label"]}
                                                    for r in sentiment_rows(50, seed=9)])

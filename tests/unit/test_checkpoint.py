@@ -140,3 +140,23 @@ def test_sharded_checkpoint_metadata_and_values_never_run_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         planner.load_bytes(None, buf)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("Error while serializing: I/O error: "
+                                                  "No space left on device (os error 28)")])
+def test_a_failed_model_save_keeps_the_old_model_dir(tmp_path, failure):
+    """The final save fails cleanly (the second error is how safetensors reports it)."""
+    from lmtune.rundir import atomic_save_dir
+
+    final = tmp_path / "model"
+    atomic_save_dir(final, lambda p: (p / "weights").write_text("old"))
+
+    def fail(p):
+        (p / "weights").write_text("half")
+        raise failure
+
+    with pytest.raises(LmtuneError, match="model: could not write it .*No space left"):
+        atomic_save_dir(final, fail)
+    assert (final / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dir left behind

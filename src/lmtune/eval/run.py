@@ -65,15 +65,20 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
 
 
 def evaluate(model, data: Encoded, label_names: list[str], batch_size: int, pad_id: int,
-             autocast=contextlib.nullcontext, progress: bool = False) -> dict:
-    """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`."""
+             autocast=contextlib.nullcontext, progress: bool = False,
+             probs: torch.Tensor | None = None) -> dict:
+    """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`; with
+    `probs` ([N, C]), also each row's class probabilities, in input order, from the same
+    forward pass."""
     m = [[0] * len(label_names) for _ in label_names]
     loss_sum = 0.0
-    for _, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast,
-                                            progress):
+    for idx, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast,
+                                              progress):
         labels = batch["labels"]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         add_to_confusion(m, labels.tolist(), logits.argmax(-1).tolist())
+        if probs is not None:
+            probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
     metrics = classification_metrics(m, label_names)
     metrics["loss"] = loss_sum / max(1, len(data))
     return metrics

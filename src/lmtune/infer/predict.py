@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lmtune import dist
 from lmtune.config import Config, load_config
 from lmtune.data.collate import Encoded, encode
@@ -80,6 +82,9 @@ class Predictor:
             return []
         probs = predict_proba(self.model, self.encode(texts), self.batch_size, self.pad_id,
                               self.autocast)
+        return self._labelled(probs)
+
+    def _labelled(self, probs: torch.Tensor) -> list[dict]:
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
@@ -87,9 +92,16 @@ class Predictor:
                         "scores": dict(zip(self.label_names, row))})
         return out
 
-    def evaluate(self, texts: list[str], labels: list[str], progress: bool = False) -> dict:
-        return evaluate(self.model, self.encode(texts, labels), self.label_names,
-                        self.batch_size, self.pad_id, self.autocast, progress)
+    def evaluate(self, texts: list[str], labels: list[str], progress: bool = False,
+                 predictions: bool = False) -> dict:
+        """Test metrics; with `predictions`, also `predict`'s rows (key "predictions"),
+        from the same forward pass."""
+        probs = torch.empty(len(texts), len(self.label_names)) if predictions else None
+        metrics = evaluate(self.model, self.encode(texts, labels), self.label_names,
+                           self.batch_size, self.pad_id, self.autocast, progress, probs)
+        if probs is not None:
+            metrics["predictions"] = self._labelled(probs)
+        return metrics
 
     def __call__(self, texts: str | list[str]) -> dict | list[dict]:
         if isinstance(texts, str):
@@ -129,13 +141,13 @@ def model_task(model_dir: Path) -> str:
     return "mlm" if arch.endswith("ForMaskedLM") else "classify"
 
 
-def evaluate_run(path: str | Path, overrides: list[str] = (),
-                 progress: bool = False) -> tuple[Predictor, dict]:
+def evaluate_run(path: str | Path, overrides: list[str] = (), progress: bool = False,
+                 predictions: bool = False) -> tuple[Predictor, dict]:
     """Metrics of a saved run on its test split, or on `data.test=FILE` given as override.
 
-    Returns (predictor, metrics) where metrics also holds `texts`, `labels` and, while the
-    training data can be read, `majority_baseline` (accuracy of always answering the
-    training set's top class).
+    Returns (predictor, metrics) where metrics also holds `texts`, `labels`, with
+    `predictions` each row's prediction, and, while the training data can be read,
+    `majority_baseline` (accuracy of always answering the training set's top class).
     """
     from lmtune.data.load import check_known_labels, labeled, load_splits, read_source
     from lmtune.eval.metrics import majority_baseline
@@ -154,7 +166,7 @@ def evaluate_run(path: str | Path, overrides: list[str] = (),
         test = load_splits(cfg.data, cfg.seed).test
         if test is None:
             raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
-    metrics = clf.evaluate(test.texts, test.labels, progress)
+    metrics = clf.evaluate(test.texts, test.labels, progress, predictions)
     train_labels = _training_labels(Path(path))
     if train_labels is not None:
         metrics["majority_baseline"] = majority_baseline(train_labels, test.labels)
