@@ -61,12 +61,25 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
     return any(m is inner for m in outer.modules())
 
 
+def _resharded(model: nn.Module) -> nn.Module:
+    """The model with every FSDP unit holding only its shards. A forward without backward
+    (validation) leaves the root unit gathered, and its parameters are then plain whole
+    tensors, not the DTensor shards that state and optimizer code expect."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+    return model
+
+
 def trainable_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
     """A detached copy of the trainable tensors (the best weights so far). Sharded: each
     rank copies its own shards (DTensors); nothing is gathered."""
     if not sharded:
         return local_trainable_state(model)
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in _resharded(model).named_parameters()
+            if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
@@ -75,7 +88,7 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bo
         model.load_state_dict(state, strict=False)
         return
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for n, p in _resharded(model).named_parameters():
             if n in state:
                 p.copy_(state[n])
 
@@ -87,6 +100,7 @@ def _states(model: nn.Module, optimizer, best: dict | None) -> dict:
                                                          get_model_state_dict,
                                                          get_optimizer_state_dict)
 
+    _resharded(model)
     state = {"model": get_model_state_dict(model, options=StateDictOptions(
         ignore_frozen_params=True)), "optimizer": get_optimizer_state_dict(model, optimizer)}
     if best is not None:
@@ -177,7 +191,7 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     keep = tdist.get_rank() == 0
     whole: dict[int, torch.Tensor] = {}
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in _resharded(model).state_dict().items():
         if id(t) not in whole:
             full = t.full_tensor() if isinstance(t, DTensor) else t
             whole[id(t)] = full.detach().cpu() if keep else full[:0]
