@@ -182,19 +182,18 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     `save_pretrained` writes.
 
     Gathered one tensor at a time, and only rank 0 keeps them: rank 0 then holds one whole
-    copy of the model, and tied weights
-    stay one tensor under both names.
+    copy of the model, the others none, and tied weights stay one tensor under both names.
     """
     import torch.distributed as tdist
     from torch.distributed.tensor import DTensor
 
     keep = tdist.get_rank() == 0
-    whole: dict[int, torch.Tensor] = {}
+    whole: dict[int, torch.Tensor | None] = {}
     out = {}
     for name, t in _resharded(model).state_dict().items():
-        if id(t) not in whole:
+        if id(t) not in whole:  # every rank takes part in every gather
             full = t.full_tensor() if isinstance(t, DTensor) else t
-            whole[id(t)] = full.detach().cpu() if keep else full[:0]
+            whole[id(t)] = full.detach().cpu() if keep else None
         if keep:
             out[name] = whole[id(t)]
     return out
