@@ -196,7 +196,8 @@ def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loa
         progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
         if progress.get("world_size", 1) != world:
             raise LmtuneError(f"checkpoint {path}: written by {progress.get('world_size')} "
-                              f"processes; resume with the same number (got {world})")
+                              f"processes; resume with the same number (got {world}); "
+                              "`lmtune resume RUN_DIR` starts as many")
         if (path / SHARDS).is_dir() != sharded:
             raise LmtuneError(f"checkpoint {path}: written with train.distributed="
                               f"{'fsdp' if not sharded else 'ddp'}; resume with the same")

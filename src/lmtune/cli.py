@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "newest valid checkpoint left it. Example:\n  lmtune resume runs/default")
     r.add_argument("run_dir", help="a run dir written by `lmtune train`")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--nproc", type=int, default=0, metavar="N", help="processes (default: as "
+                   "many as wrote the checkpoint; torchrun is started for more than one)")
 
     e = sub.add_parser("eval", help="evaluate a saved run on its test split or new data",
                        formatter_class=fmt, description="Evaluate a run. Examples:\n  "
@@ -148,8 +150,31 @@ def cmd_resume(args) -> int:
         raise LmtuneError(f"{args.run_dir}: not a run dir (no config.yaml)")
     cfg = load_config(saved, [f"output_dir={args.run_dir}", "resume=true",
                                  "overwrite=false"])
+    nproc = args.nproc or checkpoint_world_size(Path(args.run_dir) / "checkpoints")
+    if nproc > 1 and not torch_launched():  # the ranks themselves run the resume below
+        return launch(nproc, ["resume", args.run_dir, *(["--quiet"] if args.quiet else [])])
     train(cfg, progress=not args.quiet)
     return 0
+
+
+def checkpoint_world_size(root: Path) -> int:
+    """How many processes wrote the newest valid checkpoint under `root` (1 if none)."""
+    import json
+
+    from lmtune.checkpoint import valid_checkpoints
+
+    newest = next(iter(valid_checkpoints(root, warn=False)), None)
+    if newest is None:
+        return 1
+    return json.loads((newest / "progress.json").read_text(encoding="utf-8")).get(
+        "world_size", 1)
+
+
+def torch_launched() -> bool:
+    """Whether this process is a rank that torchrun (or accelerate launch) started."""
+    import torch.distributed
+
+    return torch.distributed.is_torchelastic_launched()
 
 
 def cmd_eval(args) -> int:

@@ -89,9 +89,11 @@ def test_fsdp_shards_and_trains_like_one_process(tiny_bert, sentiment_csv, tmp_p
     assert "trainable.safetensors" not in manifest
     for c in checkpoints[1:]:
         shutil.rmtree(c)
-    proc = subprocess.run(run + ["resume=true"], capture_output=True, text=True, timeout=300)
+    # `lmtune resume` starts as many processes as wrote the checkpoint
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "resume", str(two), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr
+    assert "--nproc_per_node 2" in proc.stderr and "resumed from" in proc.stderr
     replayed = [r for r in metrics(two) if "event" not in r]
     for ra, rb in zip(mb, replayed, strict=True):  # steps 3-6 again, from the checkpoint
         assert {**ra, "samples_per_s": 0, "tokens_per_s": 0} == pytest.approx(
