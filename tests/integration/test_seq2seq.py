@@ -170,3 +170,26 @@ def test_minilm2minilm_is_built_once_and_trains_on_aclsum(tmp_path):
     text = pipeline(out)("Summarize the approach of this paper in one sentence.\n\nWe train "
                          "a parser on treebanks.")
     assert isinstance(text, str) and "[CLS]" not in text and "[SEP]" not in text
+
+
+def test_eval_budget_counts_the_decoder_tokens(tiny_t5, monkeypatch):
+    """Short sources with long targets (summaries the other way round, translation into a
+    wordier language): the decoder's [B, T, V] logits must stay inside the token budget."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    import lmtune.eval.run as eval_run
+    import lmtune.objectives as objectives
+    from lmtune.data.collate import Encoded
+
+    data = Encoded([[5, 6, 7, 1]] * 40, decoder_ids=[[0] + [8] * 62] * 40,
+                   targets=[[8] * 62 + [1]] * 40)
+    shapes = []
+    real = objectives.make_batch
+    monkeypatch.setattr(objectives, "make_batch", lambda *a: shapes.append(
+        tuple(real(*a)["decoder_input_ids"].shape)) or real(*a))
+    monkeypatch.setattr(eval_run, "EVAL_TOKENS", 512)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5, dtype=torch.float32)
+    got = eval_run.evaluate_lm(model, data, "seq2seq", batch_size=64, pad_id=0)
+    assert got["n"] == 40 and len(shapes) > 1
+    assert all(rows * width <= 512 for rows, width in shapes), shapes

@@ -110,9 +110,9 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
     try:
         with torch.inference_mode():
             # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
-            # with a 49k vocabulary, 128 long rows would need gigabytes.
-            for idx in eval_batches([len(x) for x in data.input_ids], batch_size,
-                                    max_tokens=EVAL_TOKENS):
+            # with a 49k vocabulary, 128 long rows would need gigabytes. It counts encoder
+            # and decoder tokens together (seq2seq): the logits are the decoder's.
+            for idx in eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS):
                 batch = make_batch(objective, data, idx, pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 total += loss_sum(objective, model, batch, autocast).item()
