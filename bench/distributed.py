@@ -23,11 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import spawn  # noqa: E402
 
-STEPS, WARMUP_STEPS = 8, 2
-SAMPLES_PER_STEP = 2 * 2  # train.batch_size x 2 processes
+STEPS, WARMUP_STEPS, NPROC, BATCH = 8, 2, 2, 2
 ARGS = ["task=sft", "model=smollm2", "method=full", "data.train=aclsum",
         "data.max_samples=48", "data.drop_unlearnable=true", "train.max_length=256",
-        "train.batch_size=2", f"train.max_steps={STEPS}", "train.warmup=0",
+        f"train.batch_size={BATCH}", f"train.max_steps={STEPS}", "train.warmup=0",
         "train.log_every=1", "train.threads=1", "train.precision=bf16",
         "eval.generate_samples=0", "eval.batch_size=8"]
 
@@ -37,18 +36,20 @@ def child(strategy: str, out: str) -> None:
     import shutil
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet",
-                           *ARGS, f"train.distributed={strategy}", f"output_dir={out}"],
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "train", "--nproc", str(NPROC),
+                           "--quiet", *ARGS, f"train.distributed={strategy}",
+                           f"output_dir={out}"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     rows = [json.loads(x) for x in open(Path(out) / "metrics.jsonl") if '"lr"' in x]
     shutil.rmtree(out)  # a 540 MB model and its checkpoints: gigabytes over the rounds
     rows = rows[WARMUP_STEPS:]
-    seconds = [SAMPLES_PER_STEP / r["samples_per_s"] for r in rows]  # log_every=1: a step
+    seconds = [BATCH * NPROC / r["samples_per_s"] for r in rows]  # log_every=1: one step
     tokens = sum(r["tokens_per_s"] * t for r, t in zip(rows, seconds))
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                       "tokens_per_s": tokens / sum(seconds)}))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,6 +60,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
+    import shutil
     import tempfile
 
     rounds = args.rounds or (1 if args.quick else 3)
@@ -75,6 +77,7 @@ def main() -> None:
     print(f"ddp_rss_mb={rss['ddp']:.0f} fsdp_rss_mb={rss['fsdp']:.0f} "
           f"rss_ratio={rss['fsdp'] / rss['ddp']:.2f} "
           f"speed_ratio={tps['fsdp'] / tps['ddp']:.2f}")
+    shutil.rmtree(work, ignore_errors=True)  # the children removed their runs already
 
 
 if __name__ == "__main__":

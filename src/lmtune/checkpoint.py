@@ -188,12 +188,22 @@ def check(path: Path) -> str | None:
     return None
 
 
+def _progress(path: Path) -> dict[str, Any]:
+    return json.loads((path / "progress.json").read_text(encoding="utf-8"))
+
+
+def world_size(root: Path) -> int:
+    """How many processes wrote the newest valid checkpoint under `root` (1 if none)."""
+    newest = next(iter(valid_checkpoints(root, warn=False)), None)
+    return 1 if newest is None else _progress(newest).get("world_size", 1)
+
+
 def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loaded | None:
     """The newest valid checkpoint under `root`, or None when there is none."""
     from safetensors.torch import load_file
 
     for path in valid_checkpoints(root):
-        progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+        progress = _progress(path)
         if progress.get("world_size", 1) != world:
             raise LmtuneError(f"checkpoint {path}: written by {progress.get('world_size')} "
                               f"processes; resume with the same number (got {world}); "

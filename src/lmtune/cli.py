@@ -142,6 +142,7 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 
 def cmd_resume(args) -> int:
+    from lmtune.checkpoint import world_size
     from lmtune.config import load_config
     from lmtune.train import train
 
@@ -150,24 +151,11 @@ def cmd_resume(args) -> int:
         raise LmtuneError(f"{args.run_dir}: not a run dir (no config.yaml)")
     cfg = load_config(saved, [f"output_dir={args.run_dir}", "resume=true",
                                  "overwrite=false"])
-    nproc = args.nproc or checkpoint_world_size(Path(args.run_dir) / "checkpoints")
+    nproc = args.nproc or world_size(Path(args.run_dir) / "checkpoints")
     if nproc > 1 and not torch_launched():  # the ranks themselves run the resume below
         return launch(nproc, ["resume", args.run_dir, *(["--quiet"] if args.quiet else [])])
     train(cfg, progress=not args.quiet)
     return 0
-
-
-def checkpoint_world_size(root: Path) -> int:
-    """How many processes wrote the newest valid checkpoint under `root` (1 if none)."""
-    import json
-
-    from lmtune.checkpoint import valid_checkpoints
-
-    newest = next(iter(valid_checkpoints(root, warn=False)), None)
-    if newest is None:
-        return 1
-    return json.loads((newest / "progress.json").read_text(encoding="utf-8")).get(
-        "world_size", 1)
 
 
 def torch_launched() -> bool:

@@ -160,3 +160,15 @@ def test_a_failed_model_save_keeps_the_old_model_dir(tmp_path, failure):
         atomic_save_dir(final, fail)
     assert (final / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dir left behind
+
+
+def test_world_size_is_read_from_the_newest_valid_checkpoint(tmp_path):
+    """`lmtune resume` starts this many processes."""
+    assert checkpoint.world_size(tmp_path) == 1  # none yet: one process
+    save(tmp_path, 1)
+    checkpoint.save(tmp_path, 2, trainable={"w": torch.ones(3)}, best=None, optimizer={},
+                    scheduler={}, rngs=[checkpoint.rng_state()] * 2,
+                    progress={"step": 2, "world_size": 2}, keep=2, best_step=None)
+    assert checkpoint.world_size(tmp_path) == 2
+    (tmp_path / "step-000002" / "progress.json").write_text("{}")  # torn: hashes disagree
+    assert checkpoint.world_size(tmp_path) == 1

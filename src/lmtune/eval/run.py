@@ -50,8 +50,7 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
     try:
         with torch.inference_mode():
             shape = None
-            for idx in eval_batches([len(x) for x in data.input_ids], batch_size,
-                                    max_tokens=EVAL_TOKENS):
+            for idx in eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 with autocast():
