@@ -8,8 +8,9 @@
         optimizer.pt           optimizer + LR scheduler state (read with weights_only=True)
         rng-R.pt               python, numpy, torch (and CUDA) RNG states of rank R
         progress.json          step, epoch, position in the epoch, counters, best metrics
-        shards/                train.distributed=fsdp: the trainable weights, AdamW state and
-                               best weights, each rank's shards (torch.distributed.checkpoint),
+        shards/                train.distributed=fsdp|deepspeed: the trainable weights, AdamW
+                               state and best weights, each rank's shards (written by
+                               torch.distributed.checkpoint, or DeepSpeed's own files),
                                instead of the three files above
         manifest.json          sha256 of every file above; written last
 
@@ -79,6 +80,7 @@ def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
         if shards is not None:
             torch.distributed.barrier()  # the temp dir exists for every rank
             shards(tmp / SHARDS)
+            torch.distributed.barrier()  # every rank's files are written
             if rank != 0:
                 return None
         writers: dict[str, Callable[[Path], None]] = {
@@ -94,9 +96,11 @@ def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
             writers[f"rng-{r}.pt"] = lambda p, state=state: torch.save(state, p)
         hashes = {name: _write_synced(tmp / name, write) for name, write in writers.items()}
         if shards is not None:  # written by every rank; hashed (and fsynced) here
-            hashes |= {f"{SHARDS}/{f.name}": _write_synced(f, lambda p: None)
-                       for f in sorted((tmp / SHARDS).iterdir())}
-            _fsync_dir(tmp / SHARDS)
+            files = sorted(f for f in (tmp / SHARDS).rglob("*") if f.is_file())
+            hashes |= {f.relative_to(tmp).as_posix(): _write_synced(f, lambda p: None)
+                       for f in files}
+            for d in {f.parent for f in files}:
+                _fsync_dir(d)
         _write_synced(tmp / MANIFEST, lambda p: p.write_text(json.dumps(
             {"step": step, "files": hashes}, indent=1)))
         _fsync_dir(tmp)
@@ -198,8 +202,12 @@ def world_size(root: Path) -> int:
     return 1 if newest is None else _progress(newest).get("world_size", 1)
 
 
-def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loaded | None:
-    """The newest valid checkpoint under `root`, or None when there is none."""
+def load_latest(root: Path, rank: int, world: int, distributed: str = "ddp"
+                ) -> Loaded | None:
+    """The newest valid checkpoint under `root`, or None when there is none.
+
+    `distributed` names how the state was split over the processes (`progress.json`'s
+    "distributed": ddp, fsdp or deepspeed-zeroN); resuming needs the same."""
     from safetensors.torch import load_file
 
     for path in valid_checkpoints(root):
@@ -208,16 +216,19 @@ def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loa
             raise LmtuneError(f"checkpoint {path}: written by {progress.get('world_size')} "
                               f"processes; resume with the same number (got {world}); "
                               "`lmtune resume RUN_DIR` starts as many")
-        if (path / SHARDS).is_dir() != sharded:
-            raise LmtuneError(f"checkpoint {path}: written with train.distributed="
-                              f"{'fsdp' if not sharded else 'ddp'}; resume with the same")
+        # Checkpoints from before the key: shards/ meant fsdp.
+        written = progress.get("distributed", "fsdp" if (path / SHARDS).is_dir() else "ddp")
+        if written != distributed:
+            raise LmtuneError(f"checkpoint {path}: written with {_strategy(written)} over "
+                              f"{world} processes; this run uses {_strategy(distributed)}. "
+                              "Resume with the same")
         try:
             opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
             rng = torch.load(path / f"rng-{rank}.pt", weights_only=True)
         except Exception as e:  # noqa: BLE001 - an unpickling refusal has many types
             raise LmtuneError(f"checkpoint {path}: refused to load its state "
                               f"(only plain tensors and numbers are read): {e}") from None
-        if sharded:  # the weights and optimizer state are read into the sharded model
+        if distributed != "ddp":  # weights and optimizer state are read into the sharded model
             return Loaded(path, progress, None, None, None, opt["scheduler"], rng,
                           path / SHARDS)
         best = path / "best.safetensors"
@@ -225,6 +236,13 @@ def load_latest(root: Path, rank: int, world: int, sharded: bool = False) -> Loa
                       load_file(best) if best.exists() else None,
                       opt["optimizer"], opt["scheduler"], rng)
     return None
+
+
+def _strategy(distributed: str) -> str:
+    """`progress.json`'s "distributed" in config terms."""
+    if distributed.startswith("deepspeed-zero"):
+        return f"train.distributed=deepspeed train.zero_stage={distributed[-1]}"
+    return f"train.distributed={distributed}"
 
 
 # -------------------------------------------------------------------------------- RNG

@@ -31,7 +31,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
 METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
-DISTRIBUTED = ("ddp", "fsdp")
+DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
+ZERO_STAGES = (1, 2, 3)
 
 
 class ConfigError(LmtuneError):
@@ -49,9 +50,9 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def _choice(key: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -122,9 +123,12 @@ class TrainConfig:
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
                                 "epoch ends and on SIGTERM/SIGINT)")
     keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")
-    distributed: str = opt("ddp", "with several processes: ddp (each holds the whole model) "
-                           "or fsdp (parameters, gradients and optimizer state sharded "
-                           "over them; torch FSDP2); one process ignores it")
+    distributed: str = opt("ddp", "with several processes: ddp (each holds the whole model), "
+                           "fsdp (parameters, gradients and optimizer state sharded over "
+                           "them; torch FSDP2) or deepspeed (ZeRO, see zero_stage; needs "
+                           "lmtune[deepspeed]); one process ignores it")
+    zero_stage: int = opt(2, "distributed=deepspeed: ZeRO stage 1 (optimizer state "
+                          "partitioned), 2 (and gradients) or 3 (and parameters)")
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
@@ -137,6 +141,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("distributed", self.distributed, DISTRIBUTED)
+        _choice("zero_stage", self.zero_stage, ZERO_STAGES)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 

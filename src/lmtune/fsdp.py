@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from lmtune.errors import LmtuneError
-from lmtune.models.methods import trainable_state as local_trainable_state
 
 
 def shard_model(model: nn.Module, device: torch.device, world: int,
@@ -73,20 +72,15 @@ def _resharded(model: nn.Module) -> nn.Module:
     return model
 
 
-def trainable_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
-    """A detached copy of the trainable tensors (the best weights so far). Sharded: each
-    rank copies its own shards (DTensors); nothing is gathered."""
-    if not sharded:
-        return local_trainable_state(model)
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the trainable tensors (the best weights so far): each rank copies
+    its own shards (DTensors); nothing is gathered."""
     return {n: p.detach().clone() for n, p in _resharded(model).named_parameters()
             if p.requires_grad}
 
 
-def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
-    """Put `trainable_state`'s copy back (each rank its own shards, when sharded)."""
-    if not sharded:
-        model.load_state_dict(state, strict=False)
-        return
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put `trainable_state`'s copy back, each rank its own shards."""
     with torch.no_grad():
         for n, p in _resharded(model).named_parameters():
             if n in state:
@@ -167,7 +161,7 @@ def load_shards(model: nn.Module, optimizer, path: Path) -> dict | None:
     try:
         saved = reader.read_metadata().state_dict_metadata
         has_best = any(k.startswith("best.") for k in saved)
-        state = _states(model, optimizer, trainable_state(model, True) if has_best else None)
+        state = _states(model, optimizer, trainable_state(model) if has_best else None)
         dcp.load(state, storage_reader=reader, planner=planner)
     except Exception as e:  # noqa: BLE001 - DCP wraps a missing key or a refusal its own way
         raise LmtuneError(f"checkpoint {path}: could not read its shards; do they match this "
@@ -197,3 +191,26 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
         if keep:
             out[name] = whole[id(t)]
     return out
+
+
+class Fsdp:
+    """A sharded model and its optimizer, with the state helpers the loop needs (the same
+    as `zero.Zero`'s). All but `trainable_state` and `load_trainable` are collectives."""
+
+    def __init__(self, model: nn.Module, optimizer) -> None:
+        self.module, self.optimizer = model, optimizer
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.module)
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        load_trainable(self.module, state)
+
+    def save(self, best: dict | None, path: Path) -> None:
+        save_shards(self.module, self.optimizer, best, path)
+
+    def load(self, path: Path) -> dict | None:
+        return load_shards(self.module, self.optimizer, path)
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        return full_state(self.module)

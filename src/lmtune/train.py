@@ -1,7 +1,8 @@
 """The training run, top to bottom: setup → fit → finish.
 
     setup   validate data, load tokenizer + model, apply the method, tokenize once,
-            [shard with FSDP,] build optimizer + schedule, [prepare with accelerate: DDP]
+            [shard with FSDP,] build optimizer + schedule, [wrap: DDP (accelerate) or
+            DeepSpeed ZeRO]
     fit     [resume from the newest valid checkpoint] for each optimizer step: k micro-
             batches (loss normalized over the whole effective batch) → clip → step →
             schedule; log; evaluate; keep the best; checkpoint every N steps, at epoch
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmtune import checkpoint, dist, fsdp, rundir
+from lmtune import checkpoint, dist, fsdp, rundir, zero
 from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data.collate import Encoded, encode, epoch_batches
 from lmtune.data.lm import Report, encode_splits, load_lm_splits, mlm_view
@@ -33,7 +34,7 @@ from lmtune.models.io import save_model
 from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
 from lmtune.objectives import OBJECTIVES, loss_sum, make_batch
 from lmtune.models.methods import (apply_method, count_parameters,
-                                   hold_frozen_linears_in_bf16, set_dropout)
+                                   hold_frozen_linears_in_bf16, set_dropout, trainable_state)
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.track import JsonlLogger, NullLogger
 
@@ -53,7 +54,9 @@ class Setup:
     steps_per_epoch: int
     out: Path
     logger: object
-    sharded: bool = False  # train.distributed=fsdp over several processes
+    # train.distributed=fsdp|deepspeed over several processes: each rank holds a part of
+    # the state, and these helpers save, restore and gather it. None: DDP or one process.
+    shards: fsdp.Fsdp | zero.Zero | None = None
     resumed: checkpoint.Loaded | None = None
     report: dict | None = None  # sft/clm/mlm: what the loss sees (data_report.json)
     prompts: list | None = None  # sft/seq2seq: validation conversations to generate from
@@ -76,6 +79,35 @@ class Setup:
     def autocast(self):
         return dist.autocast(self.precision)
 
+    @property
+    def distributed(self) -> str:
+        return split_name(self.shards)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model itself, without DDP's or DeepSpeed's wrapper."""
+        return self.shards.module if self.shards is not None else \
+            self.accelerator.unwrap_model(self.model)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the trainable weights (this rank's shards, when sharded)."""
+        if self.shards is not None:
+            return self.shards.trainable_state()
+        return trainable_state(self.module)
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        if self.shards is not None:
+            self.shards.load_trainable(state)
+        else:
+            self.module.load_state_dict(state, strict=False)
+
+
+def split_name(shards) -> str:
+    """How the training state is split over the processes (checkpoints record it)."""
+    if isinstance(shards, zero.Zero):
+        return f"deepspeed-zero{shards.stage}"
+    return "fsdp" if shards is not None else "ddp"
+
 
 @dataclass
 class FitState:
@@ -94,9 +126,9 @@ class FitState:
     window_tokens: int = 0
     best_weights: dict | None = None
 
-    def progress(self, world_size: int) -> dict:
+    def progress(self, world_size: int, distributed: str) -> dict:
         row = {k: v for k, v in vars(self).items() if k != "best_weights"}
-        return {**row, "world_size": world_size}
+        return {**row, "world_size": world_size, "distributed": distributed}
 
 
 @dataclass
@@ -155,18 +187,26 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         if accelerator.num_processes > 1 else batches
     steps_per_epoch = math.ceil(steps_per_epoch / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
-    sharded = cfg.train.distributed == "fsdp" and accelerator.num_processes > 1
-    if sharded:  # before the optimizer: sharding replaces every parameter
+    mode = cfg.train.distributed if accelerator.num_processes > 1 else "ddp"
+    if mode == "fsdp":  # before the optimizer: sharding replaces every parameter
         model = fsdp.shard_model(model, accelerator.device, accelerator.num_processes,
                                   precision)
     optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    if not sharded:  # DDP over several processes; the scheduler stays ours
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)  # ours in every mode
+    shards = None
+    if mode == "fsdp":
+        shards = fsdp.Fsdp(model, optimizer)
+    elif mode == "deepspeed":  # the engine runs the model; its step() updates
+        shards = zero.Zero(model, optimizer, cfg.train, cfg.train.zero_stage,
+                           torch.distributed.get_backend())
+        model = shards.engine
+    else:  # DDP over several processes (nothing to wrap for one)
         model, optimizer = accelerator.prepare(model, optimizer)
     resumed = None
     if cfg.resume:
         resumed = checkpoint.load_latest(out / "checkpoints", accelerator.process_index,
-                                         accelerator.num_processes, sharded)
+                                         accelerator.num_processes,
+                                         split_name(shards))
         if resumed is None and accelerator.is_main_process:
             print(f"resume: no valid checkpoint in {out / 'checkpoints'}; starting at step 0",
                   file=sys.stderr)
@@ -182,7 +222,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
             rundir.atomic_write_json(out / "data_report.json", vars(report))
         logger = JsonlLogger(out / "metrics.jsonl")
     return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger, sharded, resumed,
+                 precision, total_steps, steps_per_epoch, out, logger, shards, resumed,
                  vars(report) if report is not None else None, prompts)
 
 
@@ -288,9 +328,9 @@ def start_state(s: Setup) -> FitState:
     r = s.resumed
     if r is None:
         return FitState()
-    model = s.accelerator.unwrap_model(s.model)
+    model = s.module
     if r.shards is not None:  # each rank reads its own shards (key mismatches raise)
-        best = fsdp.load_shards(model, s.optimizer, r.shards)
+        best = s.shards.load(r.shards)
     else:
         expected = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(r.trainable) != expected:
@@ -302,12 +342,12 @@ def start_state(s: Setup) -> FitState:
         best = r.best
     s.scheduler.load_state_dict(r.scheduler)
     checkpoint.set_rng_state(r.rng)
-    p = {k: v for k, v in r.progress.items() if k != "world_size"}
+    p = {k: v for k, v in r.progress.items() if k not in ("world_size", "distributed")}
     state = FitState(**p)
     if best is not None:
         state.best_weights = best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights
-        state.best_weights = fsdp.trainable_state(model, s.sharded)
+        state.best_weights = s.trainable_state()
     if s.accelerator.is_main_process:
         print(f"resumed from {r.path} at step {state.step}", file=sys.stderr)
     s.logger.log({"step": state.step, "event": "resumed", "checkpoint": r.path.name})
@@ -335,7 +375,6 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
     else:
         rngs = [checkpoint.rng_state()]
     path = None
-    model = acc.unwrap_model(s.model)
     if acc.is_main_process:
         state.window_loss = window_loss.item()
         state.seconds = time.perf_counter() - start
@@ -343,15 +382,15 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
         state.window_loss = 0.0
     best = state.best_weights if state.best.get("step", state.step) != state.step else None
     common = dict(scheduler=s.scheduler.state_dict(), rngs=rngs,
-                  progress=state.progress(acc.num_processes),
+                  progress=state.progress(acc.num_processes, s.distributed),
                   keep=s.cfg.train.keep_checkpoints, best_step=state.best.get("step"))
-    if s.sharded:  # every rank writes its own shards of weights, best weights and AdamW
+    if s.shards is not None:  # every rank writes its shards of weights, best weights, AdamW
         path = checkpoint.save(s.out / "checkpoints", state.step, trainable=None, best=None,
                                optimizer=None, rank=acc.process_index, **common,
-                               shards=lambda p: fsdp.save_shards(model, s.optimizer, best, p))
+                               shards=lambda p: s.shards.save(best, p))
     elif acc.is_main_process:
         path = checkpoint.save(s.out / "checkpoints", state.step,
-                               trainable=fsdp.trainable_state(model, False), best=best,
+                               trainable=s.trainable_state(), best=best,
                                optimizer=s.optimizer.state_dict(), **common)
     acc.wait_for_everyone()
     state.aside_seconds += time.perf_counter() - began
@@ -372,22 +411,29 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
     give the same gradient as one batch k times larger: a short micro-batch, or one with few
     trained tokens, weighs by what it holds. Summed over ranks, the returned values are the
     step's mean loss.
+
+    Under DeepSpeed the engine takes the backward (ZeRO-2/3 reduce-scatter each one) and its
+    `step()` reduces, clips and updates; ZeRO averages over ranks as DDP does.
     """
     scale = s.accelerator.num_processes / max(n, 1)
     device = s.accelerator.device
+    ds = s.shards if isinstance(s.shards, zero.Zero) else None
     total = torch.zeros((), device=device)
     for j, idx in enumerate(group):
         batch = make_batch(s.objective, data, idx, s.pad_id, device)
         last = j == len(group) - 1
-        with contextlib.nullcontext() if last else s.accelerator.no_sync(s.model):
+        with contextlib.nullcontext() if last or ds else s.accelerator.no_sync(s.model):
             loss = loss_sum(s.objective, s.model, batch, s.autocast) * scale
-            s.accelerator.backward(loss)
+            ds.backward(loss) if ds else s.accelerator.backward(loss)
         total += loss.detach() / s.accelerator.num_processes
-    if s.cfg.train.max_grad_norm:
-        s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.train.max_grad_norm)
-    s.optimizer.step()
+    if ds:
+        ds.step()
+    else:
+        if s.cfg.train.max_grad_norm:
+            s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.train.max_grad_norm)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
     s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
     return total
 
 
@@ -412,7 +458,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
     began = time.perf_counter()
     metrics = headline(evaluate_split(s, "validation"))
     if s.prompts:
-        metrics |= generation_scores(s.accelerator.unwrap_model(s.model), s.tokenizer,
+        metrics |= generation_scores(s.module, s.tokenizer,
                                      s.cfg, s.prompts, s.precision)
     state.last_eval_step = state.step
     name = s.cfg.metric
@@ -422,8 +468,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
                else metrics[name] > state.best[name]))
     if better:
         state.best = {"step": state.step, **metrics}
-        state.best_weights = fsdp.trainable_state(s.accelerator.unwrap_model(s.model),
-                                                  s.sharded)
+        state.best_weights = s.trainable_state()
     state.aside_seconds += time.perf_counter() - began
 
 
@@ -431,12 +476,12 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
 
 
 def finish(s: Setup, state: FitState) -> RunResult:
-    model = s.accelerator.unwrap_model(s.model)
+    model = s.module
     # Training is over: AdamW's moments (twice the trainable weights) and the copy of the
     # best weights are freed before the test pass and the save, which need memory of their own.
     s.optimizer.state.clear()
     if state.best_weights is not None and state.best["step"] != state.step:
-        fsdp.load_trainable(model, state.best_weights, s.sharded)
+        s.load_trainable(state.best_weights)
     state.best_weights = None
     test = None
     if "test" in s.data:
@@ -446,7 +491,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
     seconds = max(state.seconds - state.aside_seconds, 1e-9)
     result = RunResult(s.out, test, state.best, state.step, state.seconds,
                        state.samples / seconds, state.tokens / seconds)
-    weights = fsdp.full_state(model) if s.sharded else None  # a collective
+    weights = s.shards.full_state() if s.shards is not None else None  # a collective
     if s.accelerator.is_main_process:
         rundir.atomic_save_dir(s.out / "model",
                                lambda p: save_model(model, s.tokenizer, p, weights))

@@ -80,9 +80,11 @@ def freeze_lower_layers(model: nn.Module, top: int) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total) parameter counts (of the whole tensors, also where DeepSpeed ZeRO-3
+    left each rank a partition)."""
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()
+                    if p.requires_grad)
     return trainable, total
 
 
