@@ -126,6 +126,10 @@ def cmd_train(args) -> int:
                           "argument may be a config file)")
     cfg = load_config(path, items)  # a bad config stops here, before any process starts
     if args.nproc > 1:
+        if cfg.train.distributed == "deepspeed":
+            from lmtune.zero import require
+
+            require()
         return launch(args.nproc, ["train", *(["--quiet"] if args.quiet else []), *args.args])
     train(cfg, progress=not args.quiet)
     return 0

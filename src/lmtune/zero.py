@@ -32,12 +32,24 @@ from lmtune.models.methods import trainable_state as local_trainable_state
 TAG = "zero"  # the one tag under shards/: lmtune's step dirs already name the step
 
 
+MISSING = ("train.distributed=deepspeed needs DeepSpeed: pip install 'lmtune[deepspeed]' "
+           "(deepspeed==0.19.8)")
+
+
+def require() -> None:
+    """Fail before any process starts where DeepSpeed is not installed (without importing
+    it: that takes a quarter of a second)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise LmtuneError(MISSING)
+
+
 def _deepspeed():
     try:
         import deepspeed
     except ImportError:
-        raise LmtuneError("train.distributed=deepspeed needs DeepSpeed: "
-                          "pip install 'lmtune[deepspeed]' (deepspeed==0.19.8)") from None
+        raise LmtuneError(MISSING) from None
     return deepspeed
 
 

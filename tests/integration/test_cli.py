@@ -33,12 +33,26 @@ def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
     (["train", "data.train=missing.csv"], "missing.csv: file not found"),
     (["predict", "/nonexistent-run"], "not a run dir or model dir"),
     # checked before torchrun starts: exit 2, not its child-failure report
-    (["train", "--nproc", "2", "train.distributed=zero3"], "must be one of ddp, fsdp"),
+    (["train", "--nproc", "2", "train.distributed=zero3"], "must be one of ddp, fsdp, deepspeed"),
 ])
 def test_cli_errors_exit_2(args, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output_dir is relative: keep it out of the repo
     assert main(args) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_deepspeed_missing_is_an_error_before_torchrun(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    import lmtune.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    monkeypatch.setattr(cli, "launch", lambda *a: pytest.fail("torchrun was started"))
+    assert main(["train", "--nproc", "2", "train.distributed=deepspeed"]) == 2
+    assert "pip install 'lmtune[deepspeed]'" in capsys.readouterr().err
 
 
 def test_different_config_is_not_overwritten(tiny_overrides, tmp_path, capsys):

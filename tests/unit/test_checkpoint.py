@@ -91,6 +91,45 @@ def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
         checkpoint.load_latest(tmp_path, 0, 2)
 
 
+def test_a_checkpoint_split_another_way_is_refused(tmp_path):
+    """Resuming needs the strategy that wrote the state: ddp files cannot feed ZeRO-3's
+    partitions, and the message says which settings wrote it."""
+    checkpoint.save(tmp_path, 1, trainable={"w": torch.ones(3)}, best=None, optimizer={},
+                    scheduler={}, rngs=[checkpoint.rng_state()],
+                    progress={"step": 1, "world_size": 1, "distributed": "deepspeed-zero3"},
+                    keep=2, best_step=None)
+    with pytest.raises(LmtuneError, match="train.distributed=deepspeed train.zero_stage=3 "
+                       "over 1 processes; this run uses train.distributed=ddp"):
+        checkpoint.load_latest(tmp_path, 0, 1, "ddp")
+    loaded = checkpoint.load_latest(tmp_path, 0, 1, "deepspeed-zero3")
+    assert loaded.shards == tmp_path / "step-000001" / "shards"
+
+
+def test_deepspeed_checkpoint_files_are_checked_before_deepspeed_unpickles_them(tmp_path):
+    """DeepSpeed reads its files with plain pickle; lmtune first loads each with
+    weights_only and only DeepSpeed's own state classes allowed."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from lmtune.zero import _check_plain
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    good = tmp_path / "good.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": LossScaler(1.0)},
+                "w": torch.ones(2)}, good)
+    _check_plain(good)  # DeepSpeed's own state passes
+    bad = tmp_path / "bad.pt"
+    torch.save({"optimizer_state_dict": Evil()}, bad)
+    with pytest.raises(LmtuneError, match="bad.pt: refused to load it"):
+        _check_plain(bad)
+    assert not marker.exists()
+
+
 def test_rng_state_round_trip_restores_every_stream():
     state = checkpoint.rng_state()
     first = (random.random(), np.random.rand(), torch.rand(2))

@@ -46,6 +46,8 @@ def test_unknown_override_suggests():
     ("train.batch_size=2.5", "expected int"),
     ("train.group_by_length=maybe", "expected bool"),
     ("train.precision=fp16", "must be one of auto, bf16, fp32"),
+    ("train.distributed=zero", "must be one of ddp, fsdp, deepspeed"),
+    ("train.zero_stage=4", "train.zero_stage: must be one of 1, 2, 3; got 4"),
     ("data.val_fraction=0.7", "must be in (0, 0.5)"),
     ("train=3", "is a section"),
     ("seed", "must look like key=value"),
