@@ -198,7 +198,7 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
         shards = fsdp.Fsdp(model, optimizer)
     elif mode == "deepspeed":  # the engine runs the model; its step() updates
         shards = zero.Zero(model, optimizer, cfg.train, cfg.train.zero_stage,
-                           torch.distributed.get_backend())
+                           torch.distributed.get_backend(), precision == "bf16")
         model = shards.engine
     else:  # DDP over several processes (nothing to wrap for one)
         model, optimizer = accelerator.prepare(model, optimizer)

@@ -9,11 +9,17 @@ lmtune hands DeepSpeed its own model and optimizer and keeps its own loop: the l
 normalized over the whole effective batch as in DDP (so `backward(..., scale_wrt_gas=False)`),
 the engine runs with `managed_gradient_accumulation=false` so that lmtune's `step()` after
 this rank's micro-batches is the accumulation boundary (reduce, clip, update), and the LR
-schedule stays lmtune's, stepped once per optimizer step. Weights stay fp32; bf16 comes from
-lmtune's autocast, as in every other mode, so runs compare across modes.
+schedule stays lmtune's, stepped once per optimizer step.
+
+With `train.precision=bf16` the engine runs DeepSpeed's own mixed precision: bf16 weights and
+gradients, fp32 master weights and AdamW state in the optimizer's partitions (lmtune's
+autocast still keeps norms, softmax and the loss in fp32). The saved model is then bf16, as
+DeepSpeed and HF Trainer save it. With fp32 everything is fp32, and a run matches DDP's to
+float rounding (tests/integration/test_multiprocess.py).
 
 Checkpoints are DeepSpeed's own (`engine.save_checkpoint`, each rank its partition) under
-`checkpoints/step-N/shards/`, plus each rank's copy of the best weights. DeepSpeed reads them
+`checkpoints/step-N/shards/`, plus the best weights (rank 0's whole copy below stage 3,
+each rank's partitions at stage 3). DeepSpeed reads them
 with plain `pickle`; `load` checks every file first with `weights_only` and the few DeepSpeed
 classes they hold, as every other checkpoint file is read.
 
@@ -53,17 +59,36 @@ def _deepspeed():
     return deepspeed
 
 
-def engine_config(tc, stage: int) -> dict:
+# DeepSpeed sizes its buffers for GPUs and large models: 5e8-element (2 GB fp32) reduce and
+# all-gather buckets, and ZeRO-3 keeps up to 1e9 gathered parameters alive between their
+# forward and backward use, i.e. the whole model below a billion parameters. With those
+# defaults a 2-process SmolLM2-135M run peaked higher under ZeRO-3 than under DDP
+# (bench/distributed.py). 6.25M elements is DDP's 25 MB bucket; ZeRO-3 then frees each
+# block's weights after use, as FSDP does. No prefetching: with these limits it stopped
+# ZeRO-3 with "Cannot partition a param in flight" (SmolLM2, whose output layer is tied to
+# the input embeddings).
+BUCKET = 6_250_000
+BUCKETS = {"reduce_bucket_size": BUCKET, "allgather_bucket_size": BUCKET,
+           "stage3_prefetch_bucket_size": 0, "stage3_max_live_parameters": BUCKET,
+           "stage3_max_reuse_distance": BUCKET}
+
+
+def engine_config(tc, stage: int, bf16: bool) -> dict:
     """The DeepSpeed config lmtune's train settings make."""
     return {
         "train_micro_batch_size_per_gpu": tc.batch_size,
         "gradient_accumulation_steps": tc.grad_accum,
         "gradient_clipping": tc.max_grad_norm,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": {"stage": stage, **BUCKETS},
         "managed_gradient_accumulation": False,  # lmtune's step() is the boundary
         "zero_allow_untested_optimizer": True,  # torch's (fused) AdamW
         "steps_per_print": 2**31 - 1,  # lmtune logs
         "wall_clock_breakdown": False,
+        # DeepSpeed's own mixed precision: bf16 weights, an fp32 master copy in the
+        # optimizer's partitions. With fp32 weights DeepSpeed still keeps its master copy
+        # beside them: 2-process SmolLM2-135M peaked at 3,226 MB (ZeRO-2) and 3,370 MB
+        # (ZeRO-3), 2,894 and 2,899 MB this way, and ran 25-40% faster (bench/distributed.py).
+        "bf16": {"enabled": bf16},
     }
 
 
@@ -73,12 +98,12 @@ class Zero:
     collectives (every rank calls them, in the same order)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, tc, stage: int,
-                 backend: str):
+                 backend: str, bf16: bool):
         deepspeed = _deepspeed()
         deepspeed.init_distributed(dist_backend=backend)  # keeps the group accelerate made
         self.stage = stage
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                               config=engine_config(tc, stage))
+                                               config=engine_config(tc, stage, bf16))
 
     @property
     def module(self) -> nn.Module:
@@ -128,10 +153,15 @@ class Zero:
 
         self.engine.save_checkpoint(str(path), tag=TAG, save_latest=False,
                                     exclude_frozen_parameters=True)
-        if best is not None:
-            rank = torch.distributed.get_rank()
-            save_file({k: v.contiguous() for k, v in best.items()}, path / f"best-{rank}.safetensors")
+        if best is not None and (self.stage == 3 or torch.distributed.get_rank() == 0):
+            save_file({k: v.contiguous() for k, v in best.items()}, self._best_file(path))
         torch.distributed.barrier()
+
+    def _best_file(self, path: Path) -> Path:
+        """Where this rank's best weights are: its own partitions at stage 3; below it,
+        every rank holds the same whole tensors, so rank 0's one copy serves all."""
+        rank = torch.distributed.get_rank() if self.stage == 3 else 0
+        return path / f"best-{rank}.safetensors"
 
     def load(self, path: Path) -> dict | None:
         """Read `save`'s checkpoint back into the engine; returns this rank's best weights,
@@ -149,7 +179,7 @@ class Zero:
                               f"({type(e).__name__}: {str(e)[:300]})") from None
         if loaded is None:
             raise LmtuneError(f"checkpoint {path}: DeepSpeed found no state under {TAG}/")
-        best = path / f"best-{torch.distributed.get_rank()}.safetensors"
+        best = self._best_file(path)
         return load_file(best) if best.exists() else None
 
     # -------------------------------------------------------------------- final save

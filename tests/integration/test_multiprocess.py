@@ -150,3 +150,25 @@ def test_sharded_lora_adapter_equals_one_process(mode, tiny_bert, sentiment_csv,
         assert wa[k].abs().sum() > 0 or "lora_B" not in k, k  # the adapter trained
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4,
                                    msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_deepspeed_bf16_saves_the_weights_it_tested(tiny_bert, sentiment_csv, tmp_path):
+    """train.precision=bf16 under DeepSpeed: bf16 weights with DeepSpeed's fp32 master copy.
+    The saved model is bf16, and `lmtune eval` on it reproduces the run's own test metrics
+    (the best weights restored and saved are the ones tested)."""
+    needs("zero2")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet",
+         f"model={tiny_bert}", f"data.train={sentiment_csv}", *COMMON[1:],
+         "train.precision=bf16", "train.eval_every=2", "train.distributed=deepspeed",
+         "train.zero_stage=2", f"output_dir={run}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {v.dtype for v in weights(run).values()} == {torch.bfloat16}
+    tested = json.loads((run / "eval.json").read_text())["test"]
+    # the same test split (from the run's config) and precision
+    assert main(["eval", str(run), "train.precision=bf16"]) == 0
+    again = json.loads((run / "eval.json").read_text())["test"]
+    assert again["accuracy"] == tested["accuracy"]
+    assert again["loss"] == pytest.approx(tested["loss"], abs=1e-3)
