@@ -424,7 +424,10 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
         last = j == len(group) - 1
         with contextlib.nullcontext() if last or ds else s.accelerator.no_sync(s.model):
             loss = loss_sum(s.objective, s.model, batch, s.autocast) * scale
-            ds.backward(loss) if ds else s.accelerator.backward(loss)
+            if ds:
+                ds.backward(loss)
+            else:
+                s.accelerator.backward(loss)
         total += loss.detach() / s.accelerator.num_processes
     if ds:
         ds.step()
