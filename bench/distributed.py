@@ -10,8 +10,8 @@ thread per process) with each `train.distributed` in turn (ddp, fsdp, deepspeed 
 zero_stage 2 and 3), interleaved, each launched from a fresh wrapper process. The wrapper's RUSAGE_CHILDREN ru_maxrss is the largest peak
 RSS of any process under it, i.e. the busiest rank. Throughput is real tokens per second
 over the steps after the first two (metrics.jsonl). No peer: accelerate 1.15 will not run
-FSDP or DeepSpeed on CPU, so this compares lmtune's strategies with each other; DeepSpeed's
-engine does its own sharding, so the ZeRO rows measure DeepSpeed itself.
+FSDP on CPU, so this compares lmtune's strategies with each other; DeepSpeed's engine does
+its own sharding, so the ZeRO rows measure DeepSpeed itself.
 
 Last line: `ddp_rss_mb=...` then `MODE_rss_ratio=... MODE_speed_ratio=...` (MODE / ddp).
 """
