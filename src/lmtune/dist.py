@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import torch
 
+from lmtune.errors import LmtuneError
+
 # oneDNN caches a compiled primitive for every matmul shape it meets, up to 1,024, and each
 # cached bf16 primitive keeps megabytes of buffers alive. Dynamic padding meets dozens of
 # shapes, so the cache alone grew RSS by about 100 MB in MiniLM training and by 1-5 MB per new
@@ -90,9 +92,17 @@ def autocast(precision: str, device: str | None = None):
 
 
 def make_accelerator():
-    """An `accelerate.Accelerator`: works alone, under `accelerate launch` and torchrun."""
+    """An `accelerate.Accelerator`: works alone, under `accelerate launch` and torchrun.
+
+    accelerate's own DeepSpeed set-up (`accelerate launch --use_deepspeed`, or a config with
+    `distributed_type: DEEPSPEED`) would take over the step and needs its own batch settings;
+    lmtune runs DeepSpeed itself, so that launch is refused with the way to ask for it."""
     from accelerate import Accelerator
 
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise LmtuneError("accelerate was launched with DeepSpeed; lmtune drives DeepSpeed "
+                          "itself: launch without accelerate's DeepSpeed options and set "
+                          "train.distributed=deepspeed (train.zero_stage=1|2|3)")
     return Accelerator(cpu=device_type() == "cpu")
 
 

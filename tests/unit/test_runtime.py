@@ -1,4 +1,4 @@
-"""Process-level memory settings in lmtune.dist: oneDNN's primitive cache and heap trimming.
+"""Process-level settings in lmtune.dist: oneDNN's primitive cache, heap trimming, launchers.
 
 Each check runs in a fresh interpreter: both act on process-wide state.
 """
@@ -48,3 +48,14 @@ release_free_memory()
 print(before - rss())
 """
     assert float(run_python(code)) > 15  # MB handed back
+
+
+def test_accelerate_deepspeed_launch_is_refused_with_the_way_to_ask_for_it(monkeypatch):
+    """`accelerate launch --use_deepspeed` would hand the step to accelerate's DeepSpeed
+    set-up; lmtune says to use train.distributed=deepspeed instead."""
+    from lmtune.dist import make_accelerator
+    from lmtune.errors import LmtuneError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(LmtuneError, match="train.distributed=deepspeed"):
+        make_accelerator()
