@@ -441,12 +441,15 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
 
 
 def evaluate_split(s: Setup, name: str) -> dict:
-    """Metrics of split `name`: classification metrics, or LM loss and perplexity."""
+    """Metrics of split `name`: classification metrics, or LM loss and perplexity. With
+    several processes each runs its share of the batches and the sums are added up."""
+    world = s.accelerator.num_processes
+    ranks = (s.accelerator.process_index, world) if world > 1 else None
     if s.objective == "classify":
         return evaluate(s.model, s.data[name], s.label_names, s.cfg.eval.batch_size,
-                        s.pad_id, s.autocast)
+                        s.pad_id, s.autocast, ranks=ranks)
     return evaluate_lm(s.model, s.data[name], s.objective, s.cfg.eval.batch_size, s.pad_id,
-                       s.autocast)
+                       s.autocast, ranks=ranks)
 
 
 def headline(metrics: dict) -> dict:

@@ -1,6 +1,7 @@
 """2 processes (torchrun, gloo on CPU) train exactly like 1 process with the same global batch:
 disjoint data shards per rank, loss normalized over the global batch, the LR schedule stepped
-once per optimizer step, and only rank 0 writing the run dir."""
+once per optimizer step, validation and test shared out over the ranks and added up, and only
+rank 0 writing the run dir."""
 import json
 import shutil
 import subprocess
@@ -12,9 +13,11 @@ from safetensors.torch import load_file
 
 from lmtune.cli import main
 
+# eval.batch_size=8: validation and test take several batches, which the ranks share out
+# (rank 0 alone would otherwise hold the whole of a one-batch pass).
 COMMON = ["train.precision=fp32", "train.batch_size=8", "train.max_steps=6",
           "train.group_by_length=false", "train.lr=3e-3", "train.warmup=2",
-          "train.log_every=1", "train.threads=1"]
+          "train.log_every=1", "train.threads=1", "eval.batch_size=8"]
 
 
 def metrics(run):

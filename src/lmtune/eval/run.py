@@ -33,6 +33,29 @@ def _new_shape_trims(last: torch.Size | None, shape: torch.Size) -> torch.Size:
     return shape
 
 
+def rank_batches(batches: list[list[int]], ranks: tuple[int, int] | None
+                 ) -> list[tuple[list[int], bool]]:
+    """This rank's share of a pass: (batch, counts) for every `world`-th batch from `rank`.
+
+    Under FSDP and ZeRO-3 a forward is a collective, so every rank must run as many: a rank
+    with one batch fewer runs the first batch again, uncounted. None: one process, all.
+    """
+    if ranks is None:
+        return [(b, True) for b in batches]
+    rank, world = ranks
+    mine = [(b, True) for b in batches[rank::world]]
+    return mine + [(batches[0], False)] * (math.ceil(len(batches) / world) - len(mine))
+
+
+def _sum_over_ranks(values: list[float], device, ranks: tuple[int, int] | None) -> list[float]:
+    """Each rank's partial sums, added up over the ranks (as they are with one process)."""
+    if ranks is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 def eval_bar(rows: int, progress: bool):
     """A progress bar over the rows of an evaluation pass (off inside training)."""
     return tqdm(total=rows, desc="eval", unit="row", disable=not progress, dynamic_ncols=True,
@@ -40,9 +63,11 @@ def eval_bar(rows: int, progress: bool):
 
 
 def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
-                    autocast=contextlib.nullcontext, progress: bool = False
+                    autocast=contextlib.nullcontext, progress: bool = False,
+                    ranks: tuple[int, int] | None = None
                     ) -> Iterator[tuple[list[int], torch.Tensor, dict]]:
-    """Yield (row indices, fp32 logits [B, C], batch) over length-sorted batches, no grad."""
+    """Yield (row indices, fp32 logits [B, C], batch) over length-sorted batches, no grad;
+    with `ranks` (rank, world), over this rank's share of them."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -50,14 +75,16 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
     try:
         with torch.inference_mode():
             shape = None
-            for idx in eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS):
+            batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
+            for idx, counts in rank_batches(batches, ranks):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 with autocast():
                     out = model(input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"])
-                yield idx, out.logits.float(), batch
-                bar.update(len(idx))
+                if counts:
+                    yield idx, out.logits.float(), batch
+                    bar.update(len(idx))
     finally:
         model.train(was_training)
         bar.close()
@@ -65,19 +92,26 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
 
 def evaluate(model, data: Encoded, label_names: list[str], batch_size: int, pad_id: int,
              autocast=contextlib.nullcontext, progress: bool = False,
-             probs: torch.Tensor | None = None) -> dict:
+             probs: torch.Tensor | None = None, ranks: tuple[int, int] | None = None) -> dict:
     """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`; with
     `probs` ([N, C]), also each row's class probabilities, in input order, from the same
-    forward pass."""
-    m = [[0] * len(label_names) for _ in label_names]
+    forward pass. With `ranks` (rank, world), each rank runs its share of the batches and
+    the sums are added up over the ranks (a collective)."""
+    if probs is not None and ranks is not None:
+        raise ValueError("evaluate: probs are filled by one process; ranks must be None")
+    k = len(label_names)
+    m = [[0] * k for _ in label_names]
     loss_sum = 0.0
     for idx, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast,
-                                              progress):
+                                              progress, ranks):
         labels = batch["labels"]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         add_to_confusion(m, labels.tolist(), logits.argmax(-1).tolist())
         if probs is not None:
             probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
+    loss_sum, *flat = _sum_over_ranks([loss_sum, *(c for row in m for c in row)],
+                                      next(model.parameters()).device, ranks)
+    m = [[round(c) for c in flat[i * k:(i + 1) * k]] for i in range(k)]
     metrics = classification_metrics(m, label_names)
     metrics["loss"] = loss_sum / max(1, len(data))
     return metrics
@@ -96,9 +130,10 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
 
 
 def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
-                autocast=contextlib.nullcontext, progress: bool = False) -> dict:
+                autocast=contextlib.nullcontext, progress: bool = False,
+                ranks: tuple[int, int] | None = None) -> dict:
     """Token-level loss and perplexity (causal: next token; mlm: masked tokens), streamed:
-    only running sums are kept, never logits."""
+    only running sums are kept, never logits. `ranks` as in `evaluate`."""
     from lmtune.objectives import loss_sum, make_batch
 
     device = next(model.parameters()).device
@@ -111,15 +146,20 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
             # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
             # with a 49k vocabulary, 128 long rows would need gigabytes. It counts encoder
             # and decoder tokens together (seq2seq): the logits are the decoder's.
-            for idx in eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS):
+            batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
+            for idx, counts in rank_batches(batches, ranks):
                 batch = make_batch(objective, data, idx, pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
-                total += loss_sum(objective, model, batch, autocast).item()
-                units += data.count_units(idx)
-                bar.update(len(idx))
+                value = loss_sum(objective, model, batch, autocast).item()
+                if counts:
+                    total += value
+                    units += data.count_units(idx)
+                    bar.update(len(idx))
     finally:
         model.train(was_training)
         bar.close()
+    total, units = _sum_over_ranks([total, units], device, ranks)
+    units = round(units)
     loss = total / max(1, units)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": units,
             "n": len(data)}
