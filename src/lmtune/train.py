@@ -344,6 +344,8 @@ def start_state(s: Setup) -> FitState:
     checkpoint.set_rng_state(r.rng)
     p = {k: v for k, v in r.progress.items() if k not in ("world_size", "distributed")}
     state = FitState(**p)
+    if not s.accelerator.is_main_process:  # rank 0 alone carries the saved loss window on;
+        state.window_loss = 0.0  # the log row sums every rank's share of it
     if best is not None:
         state.best_weights = best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights

@@ -58,8 +58,10 @@ def weights(run):
 SHARDED = {"fsdp": ["train.distributed=fsdp"],
            "zero2": ["train.distributed=deepspeed", "train.zero_stage=2"],
            "zero3": ["train.distributed=deepspeed", "train.zero_stage=3"]}
+# Log rows every 3 steps: the step-4 checkpoint then holds a half-full loss window, which
+# the resumed run must carry on once, not once per rank.
 CHECKPOINTED = [*COMMON, "train.eval_every=2", "train.checkpoint_every=2",
-                "train.keep_checkpoints=3"]
+                "train.keep_checkpoints=3", "train.log_every=3"]
 
 
 def needs(mode):
