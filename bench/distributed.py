@@ -7,8 +7,9 @@
 
 `lmtune train --nproc 2` fine-tunes all of SmolLM2-135M (SFT on aclsum, bf16 autocast, one
 thread per process) with each `train.distributed` in turn (ddp, fsdp, deepspeed with
-zero_stage 2 and 3), interleaved, each launched from a fresh wrapper process. The wrapper's RUSAGE_CHILDREN ru_maxrss is the largest peak
-RSS of any process under it, i.e. the busiest rank. Throughput is real tokens per second
+zero_stage 2 and 3), interleaved, each launched from a fresh wrapper process. The
+wrapper's RUSAGE_CHILDREN ru_maxrss is the largest peak RSS of any process under it, i.e.
+the busiest rank. Throughput is real tokens per second
 over the steps after the first two (metrics.jsonl). No peer: accelerate 1.15 will not run
 FSDP on CPU, so this compares lmtune's strategies with each other; DeepSpeed's engine does
 its own sharding, so the ZeRO rows measure DeepSpeed itself.

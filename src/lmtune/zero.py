@@ -13,7 +13,7 @@ schedule stays lmtune's, stepped once per optimizer step.
 
 With `train.precision=bf16` the engine runs DeepSpeed's own mixed precision: bf16 weights and
 gradients, fp32 master weights and AdamW state in the optimizer's partitions (lmtune's
-autocast still keeps norms, softmax and the loss in fp32). The saved model is then bf16, as
+autocast still runs around each forward, as in the other modes). The saved model is bf16, as
 DeepSpeed and HF Trainer save it. With fp32 everything is fp32, and a run matches DDP's to
 float rounding (tests/integration/test_multiprocess.py).
 
@@ -147,8 +147,8 @@ class Zero:
     # ------------------------------------------------------------------- checkpoints
 
     def save(self, best: dict | None, path: Path) -> None:
-        """Every rank writes its partition of weights and AdamW state, and its best weights,
-        into `path`."""
+        """Every rank writes its partition of weights and AdamW state into `path`, and the
+        best weights where `_best_file` says."""
         from safetensors.torch import save_file
 
         self.engine.save_checkpoint(str(path), tag=TAG, save_latest=False,
@@ -171,7 +171,8 @@ class Zero:
         for f in sorted((path / TAG).glob("*.pt")):
             _check_plain(f)
         try:
-            loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG, load_module_strict=False,
+            loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG,
+                                                    load_module_strict=False,
                                                     load_lr_scheduler_states=False)
         except Exception as e:  # noqa: BLE001 - DeepSpeed raises many kinds on a mismatch
             raise LmtuneError(f"checkpoint {path}: could not read its DeepSpeed state; does it "
@@ -195,7 +196,8 @@ class Zero:
         out, seen = {}, {}
         for name, t in self.module.state_dict(keep_vars=True).items():
             if id(t) not in seen:
-                with GatheredParameters([t] if hasattr(t, "ds_id") else [], modifier_rank=None):
+                params = [t] if hasattr(t, "ds_id") else []  # buffers are never partitioned
+                with GatheredParameters(params, modifier_rank=None):
                     seen[id(t)] = t.detach().clone() if keep else None
             if keep:
                 out[name] = seen[id(t)]
