@@ -56,6 +56,7 @@ def weights(run):
 
 
 SHARDED = {"fsdp": ["train.distributed=fsdp"],
+           "zero1": ["train.distributed=deepspeed", "train.zero_stage=1"],
            "zero2": ["train.distributed=deepspeed", "train.zero_stage=2"],
            "zero3": ["train.distributed=deepspeed", "train.zero_stage=3"]}
 # Log rows every 3 steps: the step-4 checkpoint then holds a half-full loss window, which
@@ -81,7 +82,7 @@ def one_process(tiny_bert, sentiment_csv, tmp_path_factory):
 @pytest.mark.parametrize("mode", SHARDED)
 def test_sharded_training_equals_one_process(mode, one_process, tiny_bert, sentiment_csv,
                                              tmp_path):
-    """train.distributed=fsdp, and DeepSpeed ZeRO-2 and ZeRO-3: the same weights as one
+    """train.distributed=fsdp, and DeepSpeed ZeRO-1, 2 and 3: the same weights as one
     process, saved whole by rank 0; a checkpoint written shard by shard resumes to the same
     losses and weights (the best weights, kept as shards, come back as the model)."""
     needs(mode)
@@ -116,7 +117,7 @@ def test_sharded_training_equals_one_process(mode, one_process, tiny_bert, senti
     manifest = json.loads((checkpoints[0] / "manifest.json").read_text())["files"]
     assert sum(name.startswith("shards/") for name in manifest) >= 3  # 2 ranks + metadata
     assert json.loads((checkpoints[0] / "progress.json").read_text())["distributed"] == \
-        {"fsdp": "fsdp", "zero2": "deepspeed-zero2", "zero3": "deepspeed-zero3"}[mode]
+        ("fsdp" if mode == "fsdp" else f"deepspeed-{mode}")
     assert "trainable.safetensors" not in manifest
     shutil.rmtree(checkpoints[2])
     # `lmtune resume` starts as many processes as wrote the checkpoint
