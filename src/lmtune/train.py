@@ -84,6 +84,12 @@ class Setup:
         return split_name(self.shards)
 
     @property
+    def ranks(self) -> tuple[int, int] | None:
+        """(rank, world) where evaluation is shared out over several processes."""
+        world = self.accelerator.num_processes
+        return (self.accelerator.process_index, world) if world > 1 else None
+
+    @property
     def module(self) -> torch.nn.Module:
         """The model itself, without DDP's or DeepSpeed's wrapper."""
         return self.shards.module if self.shards is not None else \
@@ -445,13 +451,11 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
 def evaluate_split(s: Setup, name: str) -> dict:
     """Metrics of split `name`: classification metrics, or LM loss and perplexity. With
     several processes each runs its share of the batches and the sums are added up."""
-    world = s.accelerator.num_processes
-    ranks = (s.accelerator.process_index, world) if world > 1 else None
     if s.objective == "classify":
         return evaluate(s.model, s.data[name], s.label_names, s.cfg.eval.batch_size,
-                        s.pad_id, s.autocast, ranks=ranks)
+                        s.pad_id, s.autocast, ranks=s.ranks)
     return evaluate_lm(s.model, s.data[name], s.objective, s.cfg.eval.batch_size, s.pad_id,
-                       s.autocast, ranks=ranks)
+                       s.autocast, ranks=s.ranks)
 
 
 def headline(metrics: dict) -> dict:
@@ -466,8 +470,8 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
     began = time.perf_counter()
     metrics = headline(evaluate_split(s, "validation"))
     if s.prompts:
-        metrics |= generation_scores(s.module, s.tokenizer,
-                                     s.cfg, s.prompts, s.precision)
+        metrics |= generation_scores(s.module, s.tokenizer, s.cfg, s.prompts, s.precision,
+                                     s.ranks)
     state.last_eval_step = state.step
     name = s.cfg.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})

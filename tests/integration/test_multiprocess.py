@@ -178,3 +178,29 @@ def test_deepspeed_bf16_saves_the_weights_it_tested(tiny_bert, sentiment_csv, tm
     again = json.loads((run / "eval.json").read_text())["test"]
     assert again["accuracy"] == tested["accuracy"]
     assert again["loss"] == pytest.approx(tested["loss"], abs=1e-3)
+
+
+def test_generation_during_validation_is_shared_over_ranks(tiny_llama, chat_jsonl, tmp_path):
+    """SFT validation under ZeRO-3 generates from 5 prompts, 3 on rank 0 and 2 (plus one
+    repeated, uncounted) on rank 1, with synced_gpus: the run finishes, and its validation
+    rows equal one process's. The tiny random model's answers are empty (it ends its turn
+    at once), so this shows the collective runs, not the scores; tests/unit/test_batching.py
+    checks how prompts are shared out and answers put back in order."""
+    needs("zero3")
+    base = [f"model={tiny_llama}", f"data.train={chat_jsonl}", "task=sft",
+            "train.precision=fp32", "train.threads=1", "train.batch_size=4",
+            "train.max_steps=4", "train.lr=3e-3", "train.warmup=0", "train.log_every=1",
+            "train.max_length=64", "train.group_by_length=false", "train.eval_every=2",
+            "eval.generate_samples=5", "generate.max_new_tokens=8", "eval.batch_size=8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet", *base,
+         "train.grad_accum=1", *SHARDED["zero3"], f"output_dir={two}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    va = [r for r in metrics(one) if r.get("split") == "validation"]
+    vb = [r for r in metrics(two) if r.get("split") == "validation"]
+    assert len(va) == len(vb) == 2 and "rougeL" in va[0]
+    for ra, rb in zip(va, vb):
+        assert ra == pytest.approx(rb, abs=1e-5)

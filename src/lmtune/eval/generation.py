@@ -13,6 +13,8 @@ training, so what training measures is what inference does.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -55,8 +57,11 @@ class Decoder:
         return "\n\n".join(m.content for m in conv)
 
     def generate(self, convs: list[Conversation], settings: GenerateConfig | None = None,
-                 progress: bool = False) -> list[str]:
-        """Generated answers, in input order; prompts are batched by length."""
+                 progress: bool = False, synced: bool = False) -> list[str]:
+        """Generated answers, in input order; prompts are batched by length. `synced`: the
+        ranks of a multi-process run each generate their own prompts, with as many calls,
+        and every rank runs forward passes until all have finished (HF `synced_gpus`: FSDP
+        and ZeRO-3 forwards are collectives)."""
         g = settings or self.settings
         prompts = [self.prompt_text(c) for c in convs]
         if self.kind == "seq2seq":
@@ -71,7 +76,7 @@ class Decoder:
         try:
             for s in range(0, len(order), g.batch_size):
                 idx = order[s:s + g.batch_size]
-                for i, text in zip(idx, self._batch([ids[i] for i in idx], g)):
+                for i, text in zip(idx, self._batch([ids[i] for i in idx], g, synced)):
                     out[i] = text
                 bar.update(len(idx))
         finally:
@@ -79,7 +84,8 @@ class Decoder:
             bar.close()
         return out
 
-    def _batch(self, rows: list[list[int]], g: GenerateConfig) -> list[str]:
+    def _batch(self, rows: list[list[int]], g: GenerateConfig, synced: bool = False
+               ) -> list[str]:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.stop_ids[0]
         width = max(map(len, rows))
@@ -95,6 +101,8 @@ class Decoder:
                       pad_token_id=pad, do_sample=g.temperature > 0)
         if g.temperature > 0:
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        if synced:
+            kwargs.update(synced_gpus=True)
         if g.repetition_penalty != 1.0:
             kwargs.update(repetition_penalty=g.repetition_penalty)
         if g.stop:
@@ -129,11 +137,41 @@ def _config_eos(model) -> set[int]:
 
 
 def generation_scores(model, tokenizer, cfg: Config, convs: list[Conversation],
-                      precision: str) -> dict:
+                      precision: str, ranks: tuple[int, int] | None = None) -> dict:
     """ROUGE/BLEU/chrF/exact match of what `model` generates for `convs` against their last
-    assistant turns (validation during training: the loop's own model, not a saved one)."""
+    assistant turns (validation during training: the loop's own model, not a saved one).
+    With `ranks` (rank, world), each rank generates its share (a collective)."""
     decoder = Decoder(model, tokenizer, decode_kind(cfg.task, tokenizer), cfg.generate,
                       precision, cfg.train.max_length)
-    predictions = decoder.generate(convs)
+    predictions = decoder.generate(convs) if ranks is None else \
+        _generate_shared(decoder, convs, *ranks)
     scores = generation_metrics(predictions, [target_text(c) for c in convs])
     return {k: v for k, v in scores.items() if k != "n"}
+
+
+def _generate_shared(decoder: Decoder, convs: list[Conversation], rank: int, world: int
+                     ) -> list[str]:
+    """This rank generates its share of the prompts; the answers of all ranks come back in
+    input order (a collective)."""
+    mine, extra = share(len(convs), rank, world)
+    answers = decoder.generate([convs[i] for i in mine + extra], synced=True)[:len(mine)]
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, list(zip(mine, answers)))
+    return merge(parts, len(convs))
+
+
+def share(n: int, rank: int, world: int) -> tuple[list[int], list[int]]:
+    """(this rank's prompts: every `world`-th from `rank`; prompts to generate again and
+    drop). A rank with one prompt fewer repeats the first, so every rank makes as many
+    `generate` calls."""
+    mine = list(range(rank, n, world))
+    return mine, [0] * (math.ceil(n / world) - len(mine))
+
+
+def merge(parts: list[list[tuple[int, str]]], n: int) -> list[str]:
+    """Every rank's (index, answer) pairs, back in input order."""
+    out = [""] * n
+    for part in parts:
+        for i, answer in part:
+            out[i] = answer
+    return out
