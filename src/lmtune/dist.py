@@ -11,6 +11,7 @@ needs loss scaling that bf16 does not.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from functools import lru_cache
 
@@ -104,6 +105,21 @@ def make_accelerator():
                           "itself: launch without accelerate's DeepSpeed options and set "
                           "train.distributed=deepspeed (train.zero_stage=1|2|3)")
     return Accelerator(cpu=device_type() == "cpu")
+
+
+def rank_share(items: list, ranks: tuple[int, int] | None) -> list[tuple[object, bool]]:
+    """This rank's share of `items`: (item, counts) for every `world`-th one from `rank`.
+
+    Under FSDP and ZeRO-3 a forward is a collective, so every rank must run as many batches
+    (or `generate` calls): a rank with one item fewer takes the first again, uncounted.
+    `ranks` None: one process, all of them.
+    """
+    if ranks is None:
+        return [(x, True) for x in items]
+    rank, world = ranks
+    mine = [(x, True) for x in items[rank::world]]
+    extra = math.ceil(len(items) / world) - len(mine)
+    return mine + [(items[0], False)] * extra if extra else mine
 
 
 def set_threads(threads: int) -> int:

@@ -13,8 +13,6 @@ training, so what training measures is what inference does.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 
@@ -151,21 +149,15 @@ def generation_scores(model, tokenizer, cfg: Config, convs: list[Conversation],
 
 def _generate_shared(decoder: Decoder, convs: list[Conversation], rank: int, world: int
                      ) -> list[str]:
-    """This rank generates its share of the prompts; the answers of all ranks come back in
-    input order (a collective)."""
-    mine, extra = share(len(convs), rank, world)
-    answers = decoder.generate([convs[i] for i in mine + extra], synced=True)[:len(mine)]
+    """This rank generates its share of the prompts (`dist.rank_share`: as many `generate`
+    calls on every rank); the answers of all ranks come back in input order (a
+    collective)."""
+    share = dist.rank_share(list(range(len(convs))), (rank, world))
+    answers = decoder.generate([convs[i] for i, _ in share], synced=True)
     parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, list(zip(mine, answers)))
+    torch.distributed.all_gather_object(
+        parts, [(i, a) for (i, counts), a in zip(share, answers) if counts])
     return merge(parts, len(convs))
-
-
-def share(n: int, rank: int, world: int) -> tuple[list[int], list[int]]:
-    """(this rank's prompts: every `world`-th from `rank`; prompts to generate again and
-    drop). A rank with one prompt fewer repeats the first, so every rank makes as many
-    `generate` calls."""
-    mine = list(range(rank, n, world))
-    return mine, [0] * (math.ceil(n / world) - len(mine))
 
 
 def merge(parts: list[list[tuple[int, str]]], n: int) -> list[str]:

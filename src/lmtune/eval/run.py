@@ -33,20 +33,6 @@ def _new_shape_trims(last: torch.Size | None, shape: torch.Size) -> torch.Size:
     return shape
 
 
-def rank_batches(batches: list[list[int]], ranks: tuple[int, int] | None
-                 ) -> list[tuple[list[int], bool]]:
-    """This rank's share of a pass: (batch, counts) for every `world`-th batch from `rank`.
-
-    Under FSDP and ZeRO-3 a forward is a collective, so every rank must run as many: a rank
-    with one batch fewer runs the first batch again, uncounted. None: one process, all.
-    """
-    if ranks is None:
-        return [(b, True) for b in batches]
-    rank, world = ranks
-    mine = [(b, True) for b in batches[rank::world]]
-    return mine + [(batches[0], False)] * (math.ceil(len(batches) / world) - len(mine))
-
-
 def _sum_over_ranks(values: list[float], device, ranks: tuple[int, int] | None) -> list[float]:
     """Each rank's partial sums, added up over the ranks (as they are with one process)."""
     if ranks is None:
@@ -76,7 +62,7 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
         with torch.inference_mode():
             shape = None
             batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
-            for idx, counts in rank_batches(batches, ranks):
+            for idx, counts in dist.rank_share(batches, ranks):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 with autocast():
@@ -147,7 +133,7 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
             # with a 49k vocabulary, 128 long rows would need gigabytes. It counts encoder
             # and decoder tokens together (seq2seq): the logits are the decoder's.
             batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
-            for idx, counts in rank_batches(batches, ranks):
+            for idx, counts in dist.rank_share(batches, ranks):
                 batch = make_batch(objective, data, idx, pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 value = loss_sum(objective, model, batch, autocast).item()
