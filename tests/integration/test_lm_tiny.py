@@ -105,7 +105,13 @@ def test_accumulation_equals_one_big_batch(tiny_llama, chat_jsonl, tmp_path, pac
     a = load_file(tmp_path / "big" / "model" / "model.safetensors")
     b = load_file(tmp_path / "accum" / "model" / "model.safetensors")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5,
+        # Adam divides by sqrt(v): where a gradient is about 0, the last-bit differences of
+        # the two runs' reductions grow toward lr-sized steps. On AVX-512 hosts every element
+        # agreed within 2e-6; on an AVX2-only AMD host 1 of 2,048 read 7.3e-6. So nearly
+        # all must agree to 2e-6 and the odd one to 1% of the 3 steps' lr.
+        off = ((a[k] - b[k]).abs() > 2e-6 + 1e-5 * b[k].abs()).float().mean().item()
+        assert off <= 0.002, f"{k}: {off:.2%} of the elements differ by more than 2e-6"
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-5,
                                    msg=lambda m, k=k: f"{k}: {m}")
     assert train_losses(tmp_path / "big") == pytest.approx(train_losses(tmp_path / "accum"),
                                                            rel=1e-5)

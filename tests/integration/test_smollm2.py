@@ -61,3 +61,23 @@ def test_bible_en_es_builtin_reads_the_sword_modules():
     assert not any(r["input"] in seen for r in splits["test"].rows[:50])  # held out
     row = splits["test"].rows[0]
     assert row["instruction"].startswith("Translate") and row["output"] and row["input"]
+
+
+def test_sword_reading_decompresses_each_book_once():
+    """pysword decompresses a verse's whole book for every verse; read in order, each of the
+    66 books' blocks (one per testament index) must be decompressed once, not 31k times."""
+    from lmtune.data.instructions import SWORD_DIR, SWORD_MODULES, _read_in_order
+
+    if not (SWORD_DIR / "mods.d" / f"{SWORD_MODULES[0]}.conf").exists():
+        pytest.skip("Debian sword module not installed (make setup installs it as root)")
+    from pysword.modules import SwordModules
+
+    modules = SwordModules(str(SWORD_DIR))
+    modules.parse_modules()
+    bible = modules.get_bible_from_module(SWORD_MODULES[0])
+    calls = []
+    decompress = bible._decompress
+    bible._decompress = lambda data: calls.append(1) or decompress(data)
+    verses = _read_in_order(bible)
+    assert len(verses) > 31_000
+    assert len(calls) <= 70
