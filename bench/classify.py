@@ -8,15 +8,19 @@ interleaved: lmtune, Trainer at its best, Trainer as the seed configures it, lmt
 All train all-MiniLM-L6-v2 on the same Rotten Tomatoes rows, batch 32, lr 1e-4, AdamW
 (weight decay 0.01), clipping at 1.0, no warmup, the same number of optimizer steps.
 
-    lmtune            defaults: bf16 autocast, dynamic padding, length-grouped batches
-    trainer_best      Trainer with bf16=True, dynamic padding (DataCollatorWithPadding),
+    lmtune            defaults: bf16 autocast (fp32 where the CPU has no native bf16),
+                      dynamic padding, length-grouped batches
+    trainer_best      Trainer with bf16=True (only where the hardware runs bf16 natively, as
+                      lmtune's precision=auto decides), dynamic padding (DataCollatorWithPadding),
                       train_sampling_strategy=group_by_length, optim=adamw_torch_fused
     trainer_seed      Trainer as a user copying the seed sets it up: fp32, every text padded
                       to max_length=128
 
 Throughput counts the steps after the first 3 (kernel set-up), from step timestamps.
 Achieved GFLOP/s = 6 x non-embedding parameters x real (non-pad) tokens / second, as a share
-of the bf16 matmul ceiling, which a child measures in the same run (2048^3 matmuls).
+of the matmul ceiling in that precision (bf16, or fp32 on a CPU without native bf16, where
+bf16 is emulated: evaluation ran 12x slower in bf16 than in fp32 on an AVX2-only AMD EPYC),
+which a child measures in the same run (2048^3 matmuls).
 The last line holds the figures as key=value pairs.
 """
 from __future__ import annotations
@@ -53,11 +57,20 @@ def steady(times: list[float], samples: list[int], tokens: list[int]) -> tuple[f
 # ------------------------------------------------------------------------------ children
 
 
+def best_precision() -> str:
+    """bf16 where the hardware runs it natively, else fp32: lmtune's precision=auto rule,
+    applied to the peer's "at its best" set-up too."""
+    from lmtune.dist import resolve_precision
+
+    return resolve_precision("auto")
+
+
 def run_ceiling() -> dict:
     import torch
 
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if best_precision() == "bf16" else torch.float32
+    a = torch.randn(2048, 2048, dtype=dtype)
+    b = torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     best = []
@@ -131,7 +144,8 @@ def run_trainer(steps: int, best: bool) -> dict:
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
         learning_rate=LR, weight_decay=0.01, max_grad_norm=1.0, warmup_steps=0,
-        lr_scheduler_type="linear", bf16=best, use_cpu=not torch.cuda.is_available(),
+        lr_scheduler_type="linear", bf16=best and best_precision() == "bf16",
+        use_cpu=not torch.cuda.is_available(),
         report_to=[],
         save_strategy="no", eval_strategy="no", logging_steps=10_000, disable_tqdm=True,
         optim="adamw_torch_fused" if best else "adamw_torch",
@@ -180,7 +194,7 @@ def main() -> None:
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in results.items()}
     ceiling = med["ceiling"]["gflops"]
     print(f"\nmedians of {rounds} rounds, {steps} steps of batch {BATCH} each "
-          f"(bf16 matmul ceiling {ceiling:.0f} GFLOP/s):")
+          f"({best_precision()} matmul ceiling {ceiling:.0f} GFLOP/s):")
     print(f"  {'run':<14}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'ceiling':>9}"
           f"{'peak RSS MB':>13}")
     share = {}
