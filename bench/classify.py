@@ -87,7 +87,8 @@ def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
 
     from lmtune.config import load_config
     from lmtune.data.readers import from_lists
-    from lmtune.train import fit, prepare
+    from lmtune.prepare import prepare
+    from lmtune.train import fit
 
     texts, labels = rows(steps * BATCH * 2)
     table = from_lists({"text": texts, "label": [str(x) for x in labels]})

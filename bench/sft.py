@@ -32,7 +32,8 @@ def run_lmtune(steps: int, rows: int, extra: list[str] = ()) -> dict:
     import tempfile
 
     from lmtune.config import load_config
-    from lmtune.train import fit, prepare
+    from lmtune.prepare import prepare
+    from lmtune.train import fit
 
     out = tempfile.mkdtemp()
     cfg = load_config(None, [

@@ -238,7 +238,8 @@ def metric_rows(run_dir: Path) -> list[dict]:
 def train_tracked(cfg):
     """Train `cfg` in process: (setup, result, test metrics before training, names of the
     trainable tensors that training left unchanged)."""
-    from lmtune.train import evaluate_split, finish, fit, prepare
+    from lmtune.prepare import prepare
+    from lmtune.train import evaluate_split, finish, fit
 
     s = prepare(cfg)
     model = s.accelerator.unwrap_model(s.model)

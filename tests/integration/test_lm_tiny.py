@@ -14,7 +14,8 @@ from lmtune.data.lm import Report, pack
 from lmtune.data.packing import best_fit
 from lmtune.data.templates import tokenize_conversation
 from lmtune.objectives import loss_sum, make_batch
-from lmtune.train import evaluate_split, finish, fit, prepare
+from lmtune.prepare import prepare
+from lmtune.train import evaluate_split, finish, fit
 from tests.conftest import (CHAT_WORDS, metric_rows, sentiment_rows, train_tracked,
                             write_csv)
 

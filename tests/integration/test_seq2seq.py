@@ -11,7 +11,8 @@ from lmtune.data.collate import collate_seq2seq
 from lmtune.data.formats import Message
 from lmtune.data.lm import Report
 from lmtune.data.seq2seq import encode_seq2seq
-from lmtune.train import fit, prepare
+from lmtune.prepare import prepare
+from lmtune.train import fit
 from tests.conftest import FILLER, metric_rows, train_tracked
 
 S2S = ["task=seq2seq", "train.precision=fp32", "train.threads=1", "train.batch_size=8",

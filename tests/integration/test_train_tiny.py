@@ -8,7 +8,8 @@ import torch
 from lmtune.config import load_config
 from lmtune.infer.predict import Predictor
 from lmtune.models.methods import count_parameters
-from lmtune.train import finish, fit, prepare
+from lmtune.prepare import prepare
+from lmtune.train import finish, fit
 
 
 def run(overrides, extra=()):
