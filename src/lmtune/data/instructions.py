@@ -92,9 +92,9 @@ def _read_in_order(bible) -> list[str]:
     """Every verse of a pysword bible, in canonical order.
 
     Both modules store one zlib block per book (BlockType=BOOK), and pysword decompresses the
-    verse's whole block for every verse it reads: 31k decompressions of up to 250 KB, which
-    took about 14 minutes on a 2-core AMD host. Verses come in order, so remembering the last
-    block decompresses each book once.
+    verse's whole block for every verse it reads: 31k decompressions of up to 250 KB, 125 s
+    for the two modules on a 2-core AVX2 AMD host, against 7 s when each book is decompressed
+    once. Verses come in order, so remembering the last block is enough.
     """
     bible._decompressed_text = functools.lru_cache(maxsize=2)(bible._decompressed_text)
     return list(bible.get_iter())
