@@ -30,7 +30,7 @@ import json
 import statistics
 import time
 
-from common import PEER_ENV, peak_rss_mb, step_clock
+from common import PEER_ENV, best_precision, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 BATCH, LR, MAX_LENGTH, WARMUP_STEPS = 32, 1e-4, 128, 3
@@ -55,14 +55,6 @@ def steady(times: list[float], samples: list[int], tokens: list[int]) -> tuple[f
 
 
 # ------------------------------------------------------------------------------ children
-
-
-def best_precision() -> str:
-    """bf16 where the hardware runs it natively, else fp32: lmtune's precision=auto rule,
-    applied to the peer's "at its best" set-up too."""
-    from lmtune.dist import resolve_precision
-
-    return resolve_precision("auto")
 
 
 def run_ceiling() -> dict:

@@ -45,3 +45,11 @@ def spawn(script: str, kind: str, args: list[str], env: dict[str, str] | None = 
     if proc.returncode != 0:
         sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def best_precision() -> str:
+    """bf16 where the hardware runs it natively, else fp32: lmtune's precision=auto rule,
+    applied to the peer's "at its best" set-up too (emulated bf16 is many times slower)."""
+    from lmtune.dist import resolve_precision
+
+    return resolve_precision("auto")

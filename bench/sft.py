@@ -6,10 +6,11 @@
 
 Each run is a child process (its own peak RSS); runs alternate lmtune, TRL, lmtune, TRL...
 Both get the same model, data, LoRA (r=16, alpha=32, dropout 0.05, all linear layers), lr
-5e-4, bf16 (fp32 where the CPU has no native bf16), max_length 512, loss on the answers only, sdpa attention, and TRL its fastest
-CPU settings: packing (best-fit, padding-free with position ids), the fused AdamW, and no
-gradient checkpointing (on by default in SFTConfig: less memory, much slower steps). Throughput counts real tokens
-per second over the steps after the first 2. The last line holds the figures.
+5e-4, bf16 (fp32 where the CPU has no native bf16), max_length 512, loss on the answers
+only, sdpa attention, and TRL its fastest CPU settings: packing (best-fit, padding-free with
+position ids), the fused AdamW, and no gradient checkpointing (on by default in SFTConfig:
+less memory, much slower steps). Throughput counts real tokens per second over the steps
+after the first 2. The last line holds the figures.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import argparse
 import json
 import statistics
 
-from common import PEER_ENV, peak_rss_mb, step_clock
+from common import PEER_ENV, best_precision, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 LR, MAX_LENGTH, WARMUP_STEPS = 5e-4, 512, 2
@@ -60,7 +61,6 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from lmtune.data.load import read_source
-    from lmtune.dist import resolve_precision
     from lmtune.models.load import resolve_model
 
     torch.manual_seed(42)
@@ -75,7 +75,7 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
 
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=rows, max_steps=steps,
-        learning_rate=LR, warmup_steps=0, bf16=resolve_precision("auto") == "bf16",
+        learning_rate=LR, warmup_steps=0, bf16=best_precision() == "bf16",
         use_cpu=not torch.cuda.is_available(),
         report_to=[],
         save_strategy="no", eval_strategy="no", logging_steps=10_000, disable_tqdm=True,

@@ -66,7 +66,7 @@ def bible_en_es(seed: int, cache_dir: str = "") -> dict[str, Table]:
 
 
 def _verse_pairs(cache: Path) -> list[tuple[str, str]]:
-    """(English, Spanish) verse pairs; read from the sword modules once (about 10 s), then
+    """(English, Spanish) verse pairs; read from the sword modules once (about 11 s), then
     from a JSONL cache."""
     if cache.exists():
         return [tuple(json.loads(x)) for x in cache.read_text(encoding="utf-8").splitlines()]
@@ -76,7 +76,7 @@ def _verse_pairs(cache: Path) -> list[tuple[str, str]]:
                           "sword-text-sparv`; `make setup` does it as root)")
     from pysword.modules import SwordModules
 
-    print("reading the KJV and Reina-Valera sword modules (once, about 10 s)", file=sys.stderr)
+    print("reading the KJV and Reina-Valera sword modules (once, about 11 s)", file=sys.stderr)
     modules = SwordModules(str(SWORD_DIR))
     modules.parse_modules()
     en, es = (_read_in_order(modules.get_bible_from_module(m)) for m in SWORD_MODULES)
