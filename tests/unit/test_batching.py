@@ -44,7 +44,7 @@ def test_length_grouping_cuts_padding():
 def test_eval_batches_sorted_and_complete():
     lengths = [5, 1, 9, 3]
     batches = eval_batches(lengths, 3)
-    assert batches == [[1, 3, 0], [2]]
+    assert batches == [[1], [3, 0, 2]]  # the partial batch holds the shortest rows
 
 
 @pytest.mark.parametrize("value, name", [(1, "1"), (1.0, "1"), ("1", "1"), (" pos ", "pos"),
@@ -108,7 +108,7 @@ def test_eval_batches_respect_a_token_budget():
     batches = eval_batches(lengths, batch_size=4, max_tokens=160)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 4 and len(b) * max(lengths[i] for i in b) <= 160 for b in batches)
-    assert eval_batches(lengths, batch_size=3) == [[5, 0, 2], [6, 3, 1], [4]]
+    assert eval_batches(lengths, batch_size=3) == [[5], [0, 2, 6], [3, 4, 1]]
     assert eval_batches([], 4) == []
 
 
@@ -120,7 +120,27 @@ def test_eval_batches_budget_counts_the_padded_width():
     batches = eval_batches(lengths, batch_size=64, max_tokens=100)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(collate(data, b, pad_id=0)["input_ids"].numel() <= 100 for b in batches)
-    assert [len(b) for b in batches] == [9, 4, 4, 2]  # unpadded, 5 long rows would fit
+    assert [len(b) for b in batches] == [7, 4, 4, 4]  # unpadded, 5 long rows would fit
+
+
+def test_eval_batches_widest_batch_is_full_whatever_the_set_size():
+    """The widest batch sets a pass's peak memory: it must be as large as the budget allows
+    for 50 rows as for 500 (filled from the short end, it held the leftover rows: here 1)."""
+    for short in (10, 100, 1000):
+        lengths = [8] * short + [64] * 5  # five 64-token rows; 4 fit the 256-token budget
+        widest = eval_batches(lengths, batch_size=128, max_tokens=256)[-1]
+        assert [lengths[i] for i in widest] == [64] * 4
+
+
+def test_eval_batches_bound_the_attention_square():
+    """rows x width**2 stays within max_square, so long rows come fewer to a batch; rows
+    short enough stay bound by the token budget alone."""
+    lengths = [128] * 20 + [16] * 40
+    batches = eval_batches(lengths, batch_size=64, max_tokens=512, max_square=512 * 32)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    long = [b for b in batches if lengths[b[0]] == 128]
+    assert [len(b) for b in long] == [1] * 20  # 4 rows fit 512 tokens, 1 fits the square
+    assert sorted(len(b) for b in batches if lengths[b[0]] == 16) == [8, 32]  # 512 / 16
 
 
 @pytest.mark.parametrize("n, world", [(5, 2), (4, 2), (1, 2), (7, 3), (0, 2)])

@@ -94,23 +94,33 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
 
 
 def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None,
-                 multiple: int = PAD_MULTIPLE) -> list[list[int]]:
+                 multiple: int = PAD_MULTIPLE,
+                 max_square: int | None = None) -> list[list[int]]:
     """Deterministic batches sorted by length (fastest for inference); callers restore order.
 
     With `max_tokens`, a batch also stops growing once its padded size (rows x its longest
-    row rounded up to `multiple`, as `collate` pads it) would pass it: long rows come fewer
-    to a batch, so peak memory stays flat.
+    row rounded up to `multiple`, as `collate` pads it) would pass it; with `max_square`,
+    once rows x width**2 would pass that: eager attention holds [rows, heads, width, width]
+    scores, which grow with the square of the width, so long rows come fewer to a batch and
+    peak memory stays flat whatever the test set's longest rows.
+
+    Batches are filled from the longest rows down: the one partial batch holds the
+    shortest rows, and the widest batches are full. Filled from the short end, the widest
+    batch was whatever rows were left over, so the largest batch of a pass, which sets its
+    peak memory, depended on the test set's size.
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = [[]]
-    for i in order:
-        rows = len(batches[-1]) + 1
-        if batches[-1] and (rows > batch_size or
-                            (max_tokens is not None and
-                             rows * padded(lengths[i], multiple) > max_tokens)):
-            batches.append([])
-        batches[-1].append(i)
-    return batches if batches[0] else []
+    def fits(rows: int, width: int) -> bool:
+        return rows <= batch_size and (max_tokens is None or rows * width <= max_tokens) \
+            and (max_square is None or rows * width * width <= max_square)
+
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    for i in order:  # longest first: a batch's first row sets its width
+        if batches and fits(len(batches[-1]) + 1, padded(lengths[batches[-1][0]], multiple)):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return [b[::-1] for b in reversed(batches)]
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int,

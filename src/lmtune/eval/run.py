@@ -15,9 +15,21 @@ from lmtune.data.collate import Encoded, collate, eval_batches
 from lmtune.eval.metrics import add_to_confusion, classification_metrics
 
 # Tokens per evaluation batch, at most: the peak memory of a pass is then set by this budget,
-# not by the size of the test set or its longest rows. 4,096 ran MiniLM evaluation as fast as
-# 8,192 and peaked lower (bench/eval_memory.py).
+# not by the size of the test set. 4,096 ran MiniLM evaluation as fast as 8,192 and peaked
+# lower (bench/eval_memory.py).
 EVAL_TOKENS = 4096
+# rows x width**2 per batch, at most, under eager attention: its scores are [rows, heads,
+# width, width], so without this a test set with longer rows peaked higher. The bound is a
+# full batch of 64-token rows: shorter rows are bound by EVAL_TOKENS alone, longer ones come
+# fewer. sdpa does not hold the scores, and SmolLM2's 512-token rows would come one a batch.
+EVAL_SQUARE_WIDTH = 64
+
+
+def batches_of(data: Encoded, batch_size: int, model) -> list[list[int]]:
+    """The evaluation batches of `data`, within the memory budgets for `model`."""
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    return eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS,
+                        max_square=EVAL_TOKENS * EVAL_SQUARE_WIDTH if eager else None)
 
 
 def _new_shape_trims(last: torch.Size | None, shape: torch.Size) -> torch.Size:
@@ -61,7 +73,7 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
     try:
         with torch.inference_mode():
             shape = None
-            batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
+            batches = batches_of(data, batch_size, model)
             for idx, counts in dist.rank_share(batches, ranks):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
@@ -132,7 +144,7 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
             # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
             # with a 49k vocabulary, 128 long rows would need gigabytes. It counts encoder
             # and decoder tokens together (seq2seq): the logits are the decoder's.
-            batches = eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS)
+            batches = batches_of(data, batch_size, model)
             for idx, counts in dist.rank_share(batches, ranks):
                 batch = make_batch(objective, data, idx, pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
