@@ -1,12 +1,13 @@
 """Peak memory of `lmtune eval` on 500 vs 5,000 classification texts.
 
-    .venv/bin/python bench/eval_memory.py [--rounds 9]
+    .venv/bin/python bench/eval_memory.py [--rounds 9] [--low-memory]
 
 A MiniLM classifier is trained for a few steps (its accuracy does not matter here), then
 `lmtune eval RUN data.test=FILE` runs in a fresh process per measurement, on the first 500
 and the first 5,000 Rotten Tomatoes reviews, alternating (A B A B ...). Each child reports
-its peak RSS (ru_maxrss). Last line: `rss_500_mb=... rss_5000_mb=... ratio=... met=yes|no`;
-the exit status is 1 when not met.
+its peak RSS (ru_maxrss); with --low-memory, `lmtune eval --low-memory` (glibc maps each
+large buffer apart) is measured instead. Last line:
+`rss_500_mb=... rss_5000_mb=... ratio=... met=yes|no`; the exit status is 1 when not met.
 
 The target is "no higher". Met means ratio <= 1.02: the 4,500 extra test rows themselves
 (their texts, and their token ids as int32) take a few MB, and single runs of one size spread
@@ -28,7 +29,7 @@ from common import peak_rss_mb, spawn  # noqa: E402
 TOLERANCE = 1.02  # see the module docstring
 
 
-def child(kind: str, run_dir: str, data: str) -> None:
+def child(kind: str, run_dir: str, data: str, mode: str = "default") -> None:
     import json
     import time
 
@@ -40,6 +41,7 @@ def child(kind: str, run_dir: str, data: str) -> None:
     else:
         args = ["eval", run_dir, f"data.test={data}", "--json",
                 str(Path(data).with_suffix(".eval.json"))]
+        args += ["--low-memory"] if mode == "low-memory" else []
     assert main(args) == 0
     print(json.dumps({"rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - began}))
 
@@ -55,7 +57,9 @@ def write_texts(rows: list[tuple[str, str]], path: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--low-memory", action="store_true",
+                    help="measure `lmtune eval --low-memory`")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
@@ -75,7 +79,8 @@ def main() -> None:
     rss: dict[int, list[float]] = {500: [], 5000: []}
     for r in range(args.rounds):
         for n in (500, 5000):
-            got = spawn(__file__, "eval", [str(run), str(files[n])])
+            got = spawn(__file__, "eval", [str(run), str(files[n]),
+                                           "low-memory" if args.low_memory else "default"])
             rss[n].append(got["rss_mb"])
             print(f"round {r + 1}: {n:>5} texts: peak RSS {got['rss_mb']:.0f} MB, "
                   f"{got['seconds']:.1f} s", flush=True)

@@ -1,8 +1,8 @@
 """Device, precision and accelerate set-up; rank helpers; process-wide memory settings.
 
 Importing this module caps oneDNN's primitive cache (below); `release_free_memory` hands
-glibc's free heap pages back to the OS. Both are measured in bench/eval_memory.py and
-bench/classify.py.
+glibc's free heap pages back to the OS, and `map_large_buffers` (opt-in) makes glibc map large
+blocks apart. They are measured in bench/eval_memory.py and bench/classify.py.
 
 bf16 autocast is used where the hardware runs bf16 matmuls natively (CUDA with bf16, CPUs
 with avx512_bf16 or AMX); elsewhere fp32. fp16 is not offered: no CPU runs it fast, and it
@@ -40,14 +40,14 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+@lru_cache(maxsize=None)
+def _libc(name: str):
+    """A glibc function, or None where the C library has none (macOS, musl)."""
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
@@ -57,14 +57,34 @@ def release_free_memory() -> None:
 
     Batches of different shapes free and allocate blocks of many sizes, and glibc keeps the
     freed pages, scattered through its heaps, in the process: RSS then grew with the number of
-    batches. Trimming when evaluation batches change shape made the peak RSS of `lmtune eval`
-    the same for 5,000 texts as for 500, within the noise (bench/eval_memory.py). Not in
-    training: trimming after every step made steps 20% slower (the next step faults its
-    pages back in).
+    batches. Trimming when evaluation batches change shape lowered the peak RSS of
+    `lmtune eval`, but did not make it flat (bench/eval_memory.py; `map_large_buffers` does).
+    Not in training: trimming after every step made steps 20% slower (the next step faults
+    its pages back in).
     """
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def map_large_buffers(threshold: int = 1 << 20) -> bool:
+    """From now on, give every allocation of `threshold` bytes or more its own mmap, returned
+    to the OS when freed (glibc `mallopt`); False where the C library has none.
+
+    By default glibc serves blocks of up to 32 MB from its heap once one has been freed, and
+    where a batch's activations land in the heap's holes depends on every batch before it:
+    the peak RSS of `lmtune eval` spread over +-30 MB between runs and rose with the number of
+    batches. With its own mapping per tensor, RSS is the live tensors and nothing else, so the
+    peak is the largest batch's: about 20% lower and the same for 5,000 texts as for 500
+    (bench/eval_memory.py --low-memory). The cost is a page fault per 4 KB of every
+    activation (eval about 18% slower on an AVX2 CPU), so it is opt-in and process-wide:
+    `lmtune eval --low-memory`, never in training.
+    """
+    mallopt = _libc("mallopt")
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, threshold) == 1
 
 
 def device_type() -> str:
