@@ -100,6 +100,14 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
     again = json.loads((tmp_path / "e2.json").read_text())["test"]
     assert again["accuracy"] == metrics["accuracy"]
     assert again["majority_baseline"] == metrics["majority_baseline"]
+    import lmtune.dist
+
+    mapped = []  # --low-memory asks glibc to map large buffers apart; metrics are unchanged
+    monkeypatch.setattr(lmtune.dist, "map_large_buffers", lambda: mapped.append(1) or True)
+    assert main(["eval", str(run), f"data.test={other}", "--low-memory",
+                 "--json", str(tmp_path / "e3.json")]) == 0
+    assert mapped == [1]
+    assert json.loads((tmp_path / "e3.json").read_text())["test"] == metrics
     capsys.readouterr()
 
     assert main(["predict", str(run), "a great film", "a dull film", "--jsonl"]) == 0

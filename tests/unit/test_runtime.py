@@ -50,6 +50,32 @@ print(before - rss())
     assert float(run_python(code)) > 15  # MB handed back
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+@pytest.mark.parametrize("mapped", [False, True])
+def test_map_large_buffers_hands_a_freed_activation_back(mapped):
+    """Once an 8 MB block has been freed, glibc serves the next from its heap, where it stays
+    resident after `del` (a small block above it pins the heap's top); with
+    map_large_buffers it has its own mapping and leaves RSS when freed."""
+    code = f"""
+import torch
+from lmtune.dist import map_large_buffers
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+if {mapped}:
+    assert map_large_buffers()
+x = torch.ones(2 ** 21)  # 8 MB: mapped apart (above the 128 KB default), then freed
+del x                    # ...which raises glibc's threshold past 8 MB
+y = torch.ones(2 ** 21)
+keep = torch.ones(1024)
+before = rss()
+del y
+print(before - rss())
+"""
+    dropped = float(run_python(code))  # MB
+    assert (dropped > 7) if mapped else (dropped < 2)
+
+
 def test_accelerate_deepspeed_launch_is_refused_with_the_way_to_ask_for_it(monkeypatch):
     """`accelerate launch --use_deepspeed` would hand the step to accelerate's DeepSpeed
     set-up; lmtune says to use train.distributed=deepspeed instead."""
