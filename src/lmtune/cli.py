@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "run started from, side by side")
     e.add_argument("--low-memory", action="store_true", help="give each large buffer its "
                    "own memory mapping: peak memory set by the largest batch, flat in the "
-                   "number of rows and ~20%% lower for MiniLM, at ~18%% more time (glibc only)")
+                   "number of rows (11-20%% lower for MiniLM), at 9-18%% more time (glibc)")
 
     g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
                        "causal LM", formatter_class=fmt, description="Generate text. "
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", action="store_true", help="print JSONL instead of a table")
     p.add_argument("--low-memory", action="store_true", help="give each large buffer its "
                    "own memory mapping: peak memory set by the largest batch, flat in the "
-                   "number of rows and ~20%% lower for MiniLM, at ~18%% more time (glibc only)")
+                   "number of rows (11-20%% lower for MiniLM), at 9-18%% more time (glibc)")
     return parser
 
 
