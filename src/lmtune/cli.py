@@ -23,6 +23,11 @@ def _config_keys_help() -> str:
     return "config keys (set in YAML or as key=value):\n" + "\n".join(lines)
 
 
+LOW_MEMORY_HELP = ("give each large buffer its own memory mapping: peak memory set by the "
+                   "largest batch, flat in the number of rows (11-20%% lower for MiniLM), at "
+                   "9-18%% more time (glibc)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="write one prediction per input row to this JSONL file")
     e.add_argument("--compare-base", action="store_true", help="also evaluate the model the "
                    "run started from, side by side")
-    e.add_argument("--low-memory", action="store_true", help="give each large buffer its "
-                   "own memory mapping: peak memory set by the largest batch, flat in the "
-                   "number of rows (11-20%% lower for MiniLM), at 9-18%% more time (glibc)")
+    e.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
 
     g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
                        "causal LM", formatter_class=fmt, description="Generate text. "
@@ -87,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's text column")
     p.add_argument("--output", help="write JSONL here instead of printing a table")
     p.add_argument("--jsonl", action="store_true", help="print JSONL instead of a table")
-    p.add_argument("--low-memory", action="store_true", help="give each large buffer its "
-                   "own memory mapping: peak memory set by the largest batch, flat in the "
-                   "number of rows (11-20%% lower for MiniLM), at 9-18%% more time (glibc)")
+    p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     return parser
 
 

@@ -125,7 +125,7 @@ def test_eval_batches_budget_counts_the_padded_width():
 
 def test_eval_batches_widest_batch_is_full_whatever_the_set_size():
     """The widest batch sets a pass's peak memory: it must be as large as the budget allows
-    for 50 rows as for 500 (filled from the short end, it held the leftover rows: here 1)."""
+    with 15 rows as with 1,005 (filled from the short end, it held the leftover row alone)."""
     for short in (10, 100, 1000):
         lengths = [8] * short + [64] * 5  # five 64-token rows; 4 fit the 256-token budget
         widest = eval_batches(lengths, batch_size=128, max_tokens=256)[-1]
