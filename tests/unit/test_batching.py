@@ -163,3 +163,19 @@ def test_generated_answers_come_back_in_input_order():
 
     parts = [[(0, "a"), (2, "c"), (4, "e")], [(1, "b"), (3, "d")]]
     assert merge(parts, 5) == ["a", "b", "c", "d", "e"]
+
+
+def test_eval_bounds_the_square_only_under_eager_attention_even_when_wrapped():
+    """DDP and DeepSpeed wrap the model (`.module`) and have no `.config` of their own."""
+    from types import SimpleNamespace as NS
+
+    from lmtune.eval.run import batches_of
+
+    data = Encoded([[1] * 128] * 40, labels=[0] * 40)
+    eager = NS(config=NS(_attn_implementation="eager"))
+    sdpa = NS(config=NS(_attn_implementation="sdpa"))
+    rows = {name: max(map(len, batches_of(data, 64, m)))
+            for name, m in [("eager", eager), ("ddp-eager", NS(module=eager)),
+                            ("sdpa", sdpa), ("ddp-sdpa", NS(module=sdpa))]}
+    # 4,096 tokens allow 32 rows of 128; 64 x 4,096 for rows x width**2 allows 16
+    assert rows == {"eager": 16, "ddp-eager": 16, "sdpa": 32, "ddp-sdpa": 32}

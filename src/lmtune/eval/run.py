@@ -26,8 +26,10 @@ EVAL_SQUARE_WIDTH = 64
 
 
 def batches_of(data: Encoded, batch_size: int, model) -> list[list[int]]:
-    """The evaluation batches of `data`, within the memory budgets for `model`."""
-    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    """The evaluation batches of `data`, within the memory budgets for `model` (or the
+    model inside a DDP / DeepSpeed wrapper)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    eager = getattr(config, "_attn_implementation", None) == "eager"
     return eval_batches(data.lengths(), batch_size, max_tokens=EVAL_TOKENS,
                         max_square=EVAL_TOKENS * EVAL_SQUARE_WIDTH if eager else None)
 
