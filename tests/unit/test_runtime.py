@@ -24,16 +24,21 @@ def test_onednn_cache_is_capped_unless_the_user_set_it():
     assert run_python(code, ONEDNN_PRIMITIVE_CACHE_CAPACITY="64") == "64"
 
 
+# the resident set of the running process in MB, for the snippets below
+RSS = """
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim")
 def test_release_free_memory_returns_freed_heap_pages():
     # 300 blocks of 64 KB (below glibc's mmap threshold, so they live in the heap) are freed
     # while a last block pins the top of the heap: glibc keeps the ~19 MB until trimmed.
-    code = """
+    code = RSS + """
 import ctypes
 from lmtune.dist import release_free_memory
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 malloc = ctypes.CDLL(None).malloc
 malloc.restype, free = ctypes.c_void_p, ctypes.CDLL(None).free
 free.argtypes = [ctypes.c_void_p]
@@ -56,12 +61,9 @@ def test_map_large_buffers_hands_a_freed_activation_back(mapped):
     """Once an 8 MB block has been freed, glibc serves the next from its heap, where it stays
     resident after `del` (a small block above it pins the heap's top); with
     map_large_buffers it has its own mapping and leaves RSS when freed."""
-    code = f"""
+    code = RSS + f"""
 import torch
 from lmtune.dist import map_large_buffers
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 if {mapped}:
     assert map_large_buffers()
 x = torch.ones(2 ** 21)  # 8 MB: mapped apart (above the 128 KB default), then freed
