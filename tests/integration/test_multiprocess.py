@@ -203,4 +203,8 @@ def test_generation_during_validation_is_shared_over_ranks(tiny_llama, chat_json
     vb = [r for r in metrics(two) if r.get("split") == "validation"]
     assert len(va) == len(vb) == 2 and "rougeL" in va[0]
     for ra, rb in zip(va, vb):
-        assert ra == pytest.approx(rb, abs=1e-5)
+        # Loss to 1e-5; perplexity = exp(loss) is ~226 here, so fp32's reduction-order
+        # noise (4e-5 in one CI run) needs a relative bound.
+        assert ra.keys() == rb.keys() and ra["split"] == rb["split"]
+        for k in ra.keys() - {"split"}:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-5), k
