@@ -4,12 +4,15 @@
     .venv/bin/python bench/classify.py --quick    # 2 rounds, 12 steps a run (under 5 min)
 
 Every run is a child process of this one (so each has its own peak RSS), and the runs are
-interleaved: lmtune, Trainer at its best, Trainer as the seed configures it, lmtune, ...
+interleaved: lmtune, a bare loop, Trainer at its best, Trainer as the seed configures it,
+lmtune, ...
 All train all-MiniLM-L6-v2 on the same Rotten Tomatoes rows, batch 32, lr 1e-4, AdamW
 (weight decay 0.01), clipping at 1.0, no warmup, the same number of optimizer steps.
 
     lmtune            defaults: bf16 autocast (fp32 where the CPU has no native bf16),
                       dynamic padding, length-grouped batches
+    bare              lmtune's batches, model, optimizer and schedule stepped by a bare torch
+                      loop: the floor any loop could reach without changing the model's work
     trainer_best      Trainer with bf16=True (only where the hardware runs bf16 natively, as
                       lmtune's precision=auto decides), dynamic padding (DataCollatorWithPadding),
                       train_sampling_strategy=group_by_length, optim=adamw_torch_fused
@@ -42,6 +45,17 @@ def rows(n: int) -> tuple[list[str], list[int]]:
     train = rotten_tomatoes(seed=42)["train"].rows[:n]
     return [r["text"] for r in train], [int(r["label"] == "fresh") for r in train]
 
+
+
+def first_batches(s, steps: int) -> list[list[int]]:
+    """The batches lmtune's loop draws in its first `steps` steps (epoch 0)."""
+    from lmtune.data.collate import epoch_batches
+
+    tc = s.cfg.train
+    batches = epoch_batches(s.data["train"].lengths(), tc.batch_size, s.cfg.seed, 0,
+                            tc.group_by_length)
+    assert steps <= len(batches), "the timed steps must fit in one epoch"
+    return batches[:steps]
 
 
 def non_embedding_params(model) -> int:
@@ -93,10 +107,54 @@ def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
     s = prepare(cfg, train_table=table)
     fit(s, progress=False)
     log = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl") if '"lr"' in x]
-    times = [BATCH / r["samples_per_s"] for r in log]  # one row per step, BATCH rows each
+    # One row per step. The epoch's one short batch can fall anywhere in lmtune's shuffled
+    # batch order, so each step's rows come from the batches the loop drew, not from BATCH.
+    sizes = [len(b) for b in first_batches(s, steps)]
+    times = [n / r["samples_per_s"] for n, r in zip(sizes, log, strict=True)]
     tokens = [r["tokens_per_s"] * t for r, t in zip(log, times)]
-    sps, tps = steady(times, [BATCH] * len(log), tokens)
+    sps, tps = steady(times, sizes, tokens)
     model = s.accelerator.unwrap_model(s.model)
+    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
+            "non_embedding_params": non_embedding_params(model)}
+
+
+def run_bare(steps: int, extra: list[str] = ()) -> dict:
+    """The floor of any training loop on this recipe: lmtune's own batches, model, optimizer
+    and schedule, stepped by the fewest lines of torch that train them (no accelerator, no
+    logging, no progress bar). lmtune minus this is lmtune's loop overhead; this against
+    Trainer at its best is the most any loop could gain without changing the model's work."""
+    import tempfile
+
+    import torch
+
+    from lmtune.config import load_config
+    from lmtune.data.readers import from_lists
+    from lmtune.objectives import loss_sum, make_batch
+    from lmtune.prepare import prepare
+
+    texts, labels = rows(steps * BATCH * 2)
+    table = from_lists({"text": texts, "label": [str(x) for x in labels]})
+    cfg = load_config(None, [f"output_dir={tempfile.mkdtemp()}/run", f"train.max_steps={steps}",
+                             f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
+                             "data.val_fraction=0.02", "data.test_fraction=0.02",
+                             "train.dropout=null", *extra])
+    s = prepare(cfg, train_table=table)
+    data, lengths = s.data["train"], s.data["train"].lengths()
+    model, device = s.model, s.accelerator.device
+    model.train()
+    times, tokens, sizes = [], [], []
+    for idx in first_batches(s, steps):
+        start = time.perf_counter()
+        batch = make_batch("classify", data, idx, s.pad_id, device)
+        (loss_sum("classify", model, batch, s.autocast) / len(idx)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scheduler.step()
+        times.append(time.perf_counter() - start)
+        tokens.append(sum(lengths[i] for i in idx))
+        sizes.append(len(idx))
+    sps, tps = steady(times, sizes, tokens)
     return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
             "non_embedding_params": non_embedding_params(model)}
 
@@ -154,6 +212,7 @@ def run_trainer(steps: int, best: bool) -> dict:
 # ------------------------------------------------------------------------------- parent
 
 CHILDREN = {"ceiling": lambda steps, extra: run_ceiling(), "lmtune": run_lmtune,
+            "bare": run_bare,
             "trainer_best": lambda steps, extra: run_trainer(steps, best=True),
             "trainer_seed": lambda steps, extra: run_trainer(steps, best=False)}
 
@@ -191,7 +250,7 @@ def main() -> None:
     print(f"  {'run':<14}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'ceiling':>9}"
           f"{'peak RSS MB':>13}")
     share = {}
-    for kind in ("lmtune", "trainer_best", "trainer_seed"):
+    for kind in ("lmtune", "bare", "trainer_best", "trainer_seed"):
         m = med[kind]
         gflops = 6 * m["non_embedding_params"] * m["tokens_per_s"] / 1e9
         share[kind] = gflops / ceiling
@@ -201,7 +260,8 @@ def main() -> None:
     print(f"speedup_vs_best={lm['samples_per_s'] / best['samples_per_s']:.2f} "
           f"speedup_vs_seed={lm['samples_per_s'] / seed['samples_per_s']:.2f} "
           f"ceiling_share={share['lmtune']:.2f} "
-          f"rss_ratio={lm['peak_rss_mb'] / best['peak_rss_mb']:.2f}")
+          f"rss_ratio={lm['peak_rss_mb'] / best['peak_rss_mb']:.2f} "
+          f"bare_vs_best={med['bare']['samples_per_s'] / best['samples_per_s']:.2f}")
 
 
 if __name__ == "__main__":
