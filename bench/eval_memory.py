@@ -1,18 +1,22 @@
-"""Peak memory of `lmtune eval` on 500 vs 5,000 classification texts.
+"""Peak memory of `lmtune eval` on 500 vs 5,000 classification texts, and what it costs.
 
-    .venv/bin/python bench/eval_memory.py [--rounds 9] [--low-memory]
+    .venv/bin/python bench/eval_memory.py [--rounds 9] [--mode default|low-memory|both]
 
 A MiniLM classifier is trained for a few steps (its accuracy does not matter here), then
 `lmtune eval RUN data.test=FILE` runs in a fresh process per measurement, on the first 500
 and the first 5,000 Rotten Tomatoes reviews, alternating (A B A B ...). Each child reports
-its peak RSS (ru_maxrss); with --low-memory, `lmtune eval --low-memory` (glibc maps each
-large buffer apart) is measured instead. Last line:
-`rss_500_mb=... rss_5000_mb=... ratio=... met=yes|no`; the exit status is 1 when not met.
+its peak RSS (ru_maxrss) and its seconds. `--mode default` runs `lmtune eval` as it is;
+`low-memory` adds `--low-memory` (glibc maps each large buffer apart); `both` interleaves the
+two within each round and adds their time ratio on 5,000 texts. Last line:
+`rss_500_mb=... rss_5000_mb=... ratio=... met=yes|no` for the first mode measured (with
+`both`: the default), then `time_ratio=...` (low-memory's seconds over the default's) with
+`both`; the exit status is 1 when not met.
 
 The target is "no higher". Met means ratio <= 1.02: the 4,500 extra test rows themselves
 (their texts, and their token ids as int32) take a few MB, and single runs of one size spread
-by +-20 MB, so a stricter bound would report the noise, not the evaluation. Five rounds were
-too few: their verdicts flipped between runs; nine showed a steady gap.
+by +-20 MB without --low-memory, so a stricter bound would report the noise, not the
+evaluation. Five rounds were too few for that mode: their verdicts flipped between runs; nine
+showed a steady gap.
 """
 from __future__ import annotations
 
@@ -57,8 +61,8 @@ def write_texts(rows: list[tuple[str, str]], path: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--low-memory", action="store_true",
-                    help="measure `lmtune eval --low-memory`")
+    ap.add_argument("--mode", choices=("default", "low-memory", "both"), default="default",
+                    help="lmtune eval as it is, with --low-memory, or both interleaved")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -76,18 +80,31 @@ def main() -> None:
     if len(rows) < 5000:
         sys.exit(f"only {len(rows)} reviews; need 5,000")
     files = {n: write_texts(rows[:n], work / f"test{n}.csv") for n in (500, 5000)}
-    rss: dict[int, list[float]] = {500: [], 5000: []}
+    modes = ["default", "low-memory"] if args.mode == "both" else [args.mode]
+    rss = {(m, n): [] for m in modes for n in (500, 5000)}
+    secs = {(m, n): [] for m in modes for n in (500, 5000)}
     for r in range(args.rounds):
-        for n in (500, 5000):
-            got = spawn(__file__, "eval", [str(run), str(files[n]),
-                                           "low-memory" if args.low_memory else "default"])
-            rss[n].append(got["rss_mb"])
-            print(f"round {r + 1}: {n:>5} texts: peak RSS {got['rss_mb']:.0f} MB, "
-                  f"{got['seconds']:.1f} s", flush=True)
-    small, large = statistics.median(rss[500]), statistics.median(rss[5000])
+        for mode in modes:
+            for n in (500, 5000):
+                got = spawn(__file__, "eval", [str(run), str(files[n]), mode])
+                rss[mode, n].append(got["rss_mb"])
+                secs[mode, n].append(got["seconds"])
+                print(f"round {r + 1}: {mode:<11} {n:>5} texts: peak RSS "
+                      f"{got['rss_mb']:.0f} MB, {got['seconds']:.1f} s", flush=True)
+    for mode in modes:
+        mb = {n: statistics.median(rss[mode, n]) for n in (500, 5000)}
+        sec = {n: statistics.median(secs[mode, n]) for n in (500, 5000)}
+        print(f"{mode}: median peak RSS {mb[500]:.0f} MB (500 texts), {mb[5000]:.0f} MB "
+              f"(5,000); median seconds {sec[500]:.1f}, {sec[5000]:.1f}")
+    first = modes[0]
+    small, large = statistics.median(rss[first, 500]), statistics.median(rss[first, 5000])
     met = large / small <= TOLERANCE
-    print(f"rss_500_mb={small:.0f} rss_5000_mb={large:.0f} ratio={large / small:.3f} "
-          f"met={'yes' if met else 'no'}")
+    line = (f"rss_500_mb={small:.0f} rss_5000_mb={large:.0f} ratio={large / small:.3f} "
+            f"met={'yes' if met else 'no'}")
+    if len(modes) == 2:  # per round, low-memory's seconds over the default's
+        ratios = [a / b for a, b in zip(secs["low-memory", 5000], secs["default", 5000])]
+        line += f" time_ratio={statistics.median(ratios):.2f}"
+    print(line)
     sys.exit(0 if met else 1)
 
 

@@ -78,10 +78,11 @@ def map_large_buffers(threshold: int = 1 << 20) -> bool:
     where a batch's activations land in the heap's holes depends on every batch before it:
     the peak RSS of `lmtune eval` spread over +-30 MB between runs and rose with the number of
     batches. With its own mapping per tensor, RSS is the live tensors and nothing else, so the
-    peak is the largest batch's: 11-20% lower for MiniLM and the same for 5,000 texts as for
-    500 (bench/eval_memory.py --low-memory). The cost is a page fault per 4 KB of every
-    activation (eval 9-18% slower on an AVX2 CPU, all of it system time), so it is opt-in and
-    process-wide: `lmtune eval --low-memory`, never in training.
+    peak is the largest batch's: 8-20% lower for MiniLM, and the same within 2% for
+    5,000 texts as for 500 (bench/eval_memory.py --mode both). The cost is a page fault per 4 KB of every
+    activation, all of it system time: eval 9-18% slower on an AVX2 CPU in fp32, 1.8x as
+    long with bf16. So it is opt-in and process-wide: `lmtune eval --low-memory`, never in
+    training.
     """
     mallopt = _libc("mallopt")
     return mallopt is not None and mallopt(M_MMAP_THRESHOLD, threshold) == 1
