@@ -88,23 +88,35 @@ def run_ceiling() -> dict:
     return {"gflops": statistics.median(best)}
 
 
-def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
-    import tempfile
-
+def lmtune_setup(steps: int, out: str, extra: list[str] = ()):
+    """lmtune's prepared run of this recipe (rows, config, model, optimizer, schedule): the
+    one set-up both the lmtune and the bare child step."""
     from lmtune.config import load_config
     from lmtune.data.readers import from_lists
     from lmtune.prepare import prepare
-    from lmtune.train import fit
 
     texts, labels = rows(steps * BATCH * 2)
     table = from_lists({"text": texts, "label": [str(x) for x in labels]})
-    out = tempfile.mkdtemp()
     cfg = load_config(None, [f"output_dir={out}/run", f"train.max_steps={steps}",
                              f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
                              "train.log_every=1", "data.val_fraction=0.02",
                              "train.dropout=null",  # MiniLM's own 0.1, as Trainer runs it
                              "data.test_fraction=0.02", *extra])
-    s = prepare(cfg, train_table=table)
+    return prepare(cfg, train_table=table)
+
+
+def figures(sps: float, tps: float, model) -> dict:
+    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
+            "non_embedding_params": non_embedding_params(model)}
+
+
+def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
+    import tempfile
+
+    from lmtune.train import fit
+
+    out = tempfile.mkdtemp()
+    s = lmtune_setup(steps, out, extra)
     fit(s, progress=False)
     log = [json.loads(x) for x in open(f"{out}/run/metrics.jsonl") if '"lr"' in x]
     # One row per step. The epoch's one short batch can fall anywhere in lmtune's shuffled
@@ -112,10 +124,7 @@ def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
     sizes = [len(b) for b in first_batches(s, steps)]
     times = [n / r["samples_per_s"] for n, r in zip(sizes, log, strict=True)]
     tokens = [r["tokens_per_s"] * t for r, t in zip(log, times)]
-    sps, tps = steady(times, sizes, tokens)
-    model = s.accelerator.unwrap_model(s.model)
-    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
-            "non_embedding_params": non_embedding_params(model)}
+    return figures(*steady(times, sizes, tokens), s.accelerator.unwrap_model(s.model))
 
 
 def run_bare(steps: int, extra: list[str] = ()) -> dict:
@@ -127,18 +136,9 @@ def run_bare(steps: int, extra: list[str] = ()) -> dict:
 
     import torch
 
-    from lmtune.config import load_config
-    from lmtune.data.readers import from_lists
     from lmtune.objectives import loss_sum, make_batch
-    from lmtune.prepare import prepare
 
-    texts, labels = rows(steps * BATCH * 2)
-    table = from_lists({"text": texts, "label": [str(x) for x in labels]})
-    cfg = load_config(None, [f"output_dir={tempfile.mkdtemp()}/run", f"train.max_steps={steps}",
-                             f"train.batch_size={BATCH}", f"train.lr={LR}", "train.warmup=0",
-                             "data.val_fraction=0.02", "data.test_fraction=0.02",
-                             "train.dropout=null", *extra])
-    s = prepare(cfg, train_table=table)
+    s = lmtune_setup(steps, tempfile.mkdtemp(), extra)
     data, lengths = s.data["train"], s.data["train"].lengths()
     model, device = s.model, s.accelerator.device
     model.train()
@@ -147,16 +147,14 @@ def run_bare(steps: int, extra: list[str] = ()) -> dict:
         start = time.perf_counter()
         batch = make_batch("classify", data, idx, s.pad_id, device)
         (loss_sum("classify", model, batch, s.autocast) / len(idx)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.cfg.train.max_grad_norm)
         s.optimizer.step()
         s.optimizer.zero_grad(set_to_none=True)
         s.scheduler.step()
         times.append(time.perf_counter() - start)
         tokens.append(sum(lengths[i] for i in idx))
         sizes.append(len(idx))
-    sps, tps = steady(times, sizes, tokens)
-    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
-            "non_embedding_params": non_embedding_params(model)}
+    return figures(*steady(times, sizes, tokens), model)
 
 
 def run_trainer(steps: int, best: bool) -> dict:
@@ -204,9 +202,8 @@ def run_trainer(steps: int, best: bool) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[clock],
                       data_collator=collate)
     trainer.train()
-    sps, tps = steady(clock.times, [BATCH] * len(clock.times), counted[:len(clock.times)])
-    return {"samples_per_s": sps, "tokens_per_s": tps, "peak_rss_mb": peak_rss_mb(),
-            "non_embedding_params": non_embedding_params(model)}
+    return figures(*steady(clock.times, [BATCH] * len(clock.times), counted[:len(clock.times)]),
+                   model)
 
 
 # ------------------------------------------------------------------------------- parent
