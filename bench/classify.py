@@ -124,7 +124,7 @@ def run_lmtune(steps: int, extra: list[str] = ()) -> dict:
     sizes = [len(b) for b in first_batches(s, steps)]
     times = [n / r["samples_per_s"] for n, r in zip(sizes, log, strict=True)]
     tokens = [r["tokens_per_s"] * t for r, t in zip(log, times)]
-    return figures(*steady(times, sizes, tokens), s.accelerator.unwrap_model(s.model))
+    return figures(*steady(times, sizes, tokens), s.module)
 
 
 def run_bare(steps: int, extra: list[str] = ()) -> dict:
@@ -136,17 +136,16 @@ def run_bare(steps: int, extra: list[str] = ()) -> dict:
 
     import torch
 
-    from lmtune.objectives import loss_sum, make_batch
 
     s = lmtune_setup(steps, tempfile.mkdtemp(), extra)
     data, lengths = s.data["train"], s.data["train"].lengths()
-    model, device = s.model, s.accelerator.device
+    model, device = s.model, s.strategy.device
     model.train()
     times, tokens, sizes = [], [], []
     for idx in first_batches(s, steps):
         start = time.perf_counter()
-        batch = make_batch("classify", data, idx, s.pad_id, device)
-        (loss_sum("classify", model, batch, s.autocast) / len(idx)).backward()
+        batch = s.task.batch(data, idx, s.pad_id, device)
+        (s.task.loss_sum(model, batch, s.autocast) / len(idx)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), s.cfg.train.max_grad_norm)
         s.optimizer.step()
         s.optimizer.zero_grad(set_to_none=True)

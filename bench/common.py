@@ -50,6 +50,6 @@ def spawn(script: str, kind: str, args: list[str], env: dict[str, str] | None = 
 def best_precision() -> str:
     """bf16 where the hardware runs it natively, else fp32: lmtune's precision=auto rule,
     applied to the peer's "at its best" set-up too (emulated bf16 is many times slower)."""
-    from lmtune.dist import resolve_precision
+    from lmtune.runtime import resolve_precision
 
     return resolve_precision("auto")

@@ -242,7 +242,7 @@ def train_tracked(cfg):
     from lmtune.train import evaluate_split, finish, fit
 
     s = prepare(cfg)
-    model = s.accelerator.unwrap_model(s.model)
+    model = s.module
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     base = evaluate_split(s, "test")
     result = finish(s, fit(s, progress=False))

@@ -275,15 +275,25 @@ def _tuples(x: Any) -> Any:
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a request the loop honours after the current step.
+    """Turns SIGTERM/SIGINT, or a caller's `hook` returning True, into a request the loop
+    honours after the current step.
 
     A second SIGINT gives up at once (KeyboardInterrupt), as users expect of Ctrl-C twice.
-    Handlers are only installed in the main thread, where Python allows them.
+    Handlers are only installed in the main thread, where Python allows them (a server runs
+    training in a worker thread and stops it through the hook).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hook: Callable[[], bool] | None = None) -> None:
         self.signum = 0
+        self.hook = hook
         self._old: dict[int, Any] = {}
+
+    def asked(self) -> float:
+        """The signal number, 0.5 where only the hook asked, 0 where nothing did (a number,
+        so ranks can agree on it with one max-reduction)."""
+        if self.signum:
+            return float(self.signum)
+        return 0.5 if self.hook is not None and self.hook() else 0.0
 
     def __enter__(self) -> "StopRequest":
         import threading

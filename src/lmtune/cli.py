@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from lmtune.runtime import configure_process
+
+    configure_process()  # before any matmul: oneDNN reads its settings once
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
                 "generate": cmd_generate, "predict": cmd_predict}[args.command](args)
@@ -134,7 +137,7 @@ def cmd_train(args) -> int:
     cfg = load_config(path, items)  # a bad config stops here, before any process starts
     if args.nproc > 1:
         if cfg.train.distributed == "deepspeed":
-            from lmtune.zero import require
+            from lmtune.distributed.zero import require
 
             require()
         return launch(args.nproc, ["train", *(["--quiet"] if args.quiet else []), *args.args])
@@ -178,50 +181,20 @@ def torch_launched() -> bool:
 
 def low_memory(args) -> None:
     """--low-memory: glibc maps large buffers apart from here on (before the model loads)."""
-    from lmtune import dist
+    from lmtune import runtime
 
-    if args.low_memory and not dist.map_large_buffers():
+    if args.low_memory and not runtime.map_large_buffers():
         print("note: --low-memory needs glibc's mallopt; running without it", file=sys.stderr)
 
 
 def cmd_eval(args) -> int:
-    from lmtune.infer.predict import evaluate_run, open_run
+    from lmtune.infer.evaluate import evaluate_run, format_result
     from lmtune.rundir import atomic_write_json
 
     low_memory(args)
-    run = open_run(args.run_dir) if Path(args.run_dir).is_dir() else None
-    if run is not None and run.config is not None and run.config.task != "classify":
-        return cmd_eval_lm(args)
-    clf, metrics = evaluate_run(args.run_dir, args.overrides, progress=True,
-                                predictions=bool(args.output))
-    texts, labels = metrics.pop("texts"), metrics.pop("labels")
-    preds = metrics.pop("predictions", None)
-    print(format_metrics(metrics, clf.label_names))
-    result = {"test": metrics}
-    if args.compare_base:
-        from lmtune.infer.predict import evaluate_base
-
-        base = evaluate_base(clf, texts, labels, progress=True)
-        result["base"] = {"test": base}
-        print(format_comparison(base, metrics))
-    out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
-    atomic_write_json(out, result)
-    print(f"\nwrote {out}")
-    if args.output:
-        # `label` is the true one, `predicted` the model's, `score` its probability
-        rows = [{"text": t, "label": y, "predicted": p["label"], "score": p["score"],
-                 "scores": p["scores"]} for t, y, p in zip(texts, labels, preds)]
-        write_jsonl(Path(args.output), rows)
-        print(f"wrote {len(rows)} predictions to {args.output}")
-    return 0
-
-
-def cmd_eval_lm(args) -> int:
-    from lmtune.infer.lm_eval import evaluate_lm_run, format_lm_metrics
-    from lmtune.rundir import atomic_write_json
-
-    result, rows = evaluate_lm_run(args.run_dir, args.overrides, args.compare_base)
-    print(format_lm_metrics(result))
+    result, rows = evaluate_run(args.run_dir, args.overrides, args.compare_base,
+                                progress=True, predictions=bool(args.output))
+    print(format_result(result))
     out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, result)
     print(f"\nwrote {out}")
@@ -229,38 +202,6 @@ def cmd_eval_lm(args) -> int:
         write_jsonl(Path(args.output), rows)
         print(f"wrote {len(rows)} predictions to {args.output}")
     return 0
-
-
-def format_comparison(base: dict, tuned: dict) -> str:
-    """Base (the pretrained encoder with a new, untrained head) beside the tuned run."""
-    lines = ["", f"  {'metric':<18} {'base':>8} {'tuned':>8} {'change':>8}"]
-    for k in ("accuracy", "macro_f1", "loss"):
-        lines.append(f"  {k:<18} {base[k]:8.4f} {tuned[k]:8.4f} {tuned[k] - base[k]:+8.4f}")
-    if "majority_baseline" in tuned:
-        lines.append(f"  {'majority baseline':<18} {tuned['majority_baseline']:8.4f}")
-    lines.append("  (base: the pretrained model with a freshly initialized head, seeded as in "
-                 "training)")
-    return "\n".join(lines)
-
-
-def format_metrics(m: dict, names: list[str]) -> str:
-    """The eval table: headline metrics, per-class scores, confusion matrix."""
-    lines = [f"test set: {m.get('source', '?')} ({m['n']} rows)",
-             f"  accuracy           {m['accuracy']:.4f}",
-             f"  macro-F1           {m['macro_f1']:.4f}",
-             f"  loss               {m['loss']:.4f}"]
-    if "majority_baseline" in m:
-        lines.append(f"  majority baseline  {m['majority_baseline']:.4f}")
-    w = max(8, *(len(n) for n in names))
-    lines += ["", f"  {'class':<{w}}  precision  recall  f1      support"]
-    for name, c in m["per_class"].items():
-        lines.append(f"  {name:<{w}}  {c['precision']:.4f}     {c['recall']:.4f}  "
-                     f"{c['f1']:.4f}  {c['support']}")
-    lines += ["", "  confusion matrix (rows: true, columns: predicted)",
-              "  " + " " * w + "".join(f"  {n:>{w}}" for n in names)]
-    for name, row in zip(names, m["confusion_matrix"]):
-        lines.append(f"  {name:<{w}}" + "".join(f"  {v:>{w}}" for v in row))
-    return "\n".join(lines)
 
 
 def cmd_generate(args) -> int:

@@ -21,11 +21,9 @@ import yaml
 
 from lmtune.errors import LmtuneError
 
-TASKS = ("classify", "sft", "seq2seq", "clm", "mlm")
 FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "source_target",
            "text")
 TRAIN_ON = ("assistant", "last_assistant", "all")
-METHODS = ("full", "lora", "freeze")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
@@ -102,7 +100,8 @@ class TrainConfig:
     batch_size: int = opt(32, "samples per micro-batch and process (global batch: "
                           "batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(7e-5, "peak learning rate")
+    lr: float | None = opt(None, "peak learning rate (unset: the method's default, "
+                           "7e-5 for full, freeze and lora)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")
@@ -137,7 +136,8 @@ class TrainConfig:
         for key in ("max_steps", "eval_every", "threads", "warmup", "weight_decay",
                     "max_grad_norm", "checkpoint_every"):
             _positive(key, getattr(self, key), allow_zero=True)
-        _positive("lr", self.lr)
+        if self.lr is not None:
+            _positive("lr", self.lr)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("distributed", self.distributed, DISTRIBUTED)
@@ -211,10 +211,10 @@ class GenerateConfig:
 
 @dataclass
 class Config:
-    task: str = opt("classify", f"what to train: {', '.join(TASKS)}")
+    task: str = opt("classify", "what to train: classify, sft, seq2seq, clm, mlm")
     model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
                      "minilm2minilm)")
-    method: str = opt("full", f"fine-tuning method: {', '.join(METHODS)}")
+    method: str = opt("full", "fine-tuning method: full, lora, freeze")
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
     overwrite: bool = opt(False, "replace an existing run dir that holds a different config")
@@ -233,23 +233,15 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
-        _choice("task", self.task, TASKS)
-        if self.task != "classify" and self.eval.metric in ("accuracy", "macro_f1"):
-            raise ConfigError("eval.metric", f"{self.eval.metric} is for task=classify; "
-                              f"task={self.task} selects by loss")
-        if self.eval.metric in GENERATION_METRICS:
-            if self.task not in ("sft", "seq2seq"):
-                raise ConfigError("eval.metric", f"{self.eval.metric} scores generated text: "
-                                  "task=sft or seq2seq")
-            if not self.eval.generate_samples:
-                raise ConfigError("eval.metric", f"{self.eval.metric} needs generation during "
-                                  "training: set eval.generate_samples > 0")
-        if self.task == "seq2seq" and self.data.packing:
-            raise ConfigError("data.packing", "task=seq2seq does not pack (an encoder-"
-                              "decoder row holds one source and its target)")
-        if self.task == "classify" and self.data.format not in ("auto", "text"):
-            raise ConfigError("data.format", "task=classify reads a text and a label column")
-        _choice("method", self.method, METHODS)
+        # The registries import this module; they are read here, once they exist.
+        from lmtune.methods import METHODS
+        from lmtune.tasks import TASKS
+
+        _choice("task", self.task, tuple(TASKS))
+        TASKS[self.task].check(self)
+        _choice("method", self.method, tuple(METHODS))
+        if self.train.lr is None:
+            self.train.lr = METHODS[self.method].default_lr
         _choice("attention", self.attention, ATTENTION)
         if not self.model:
             raise ConfigError("model", "must name a model dir, hub id or alias")
@@ -262,7 +254,9 @@ class Config:
         """The validation metric that picks the best model."""
         if self.eval.metric != "auto":
             return self.eval.metric
-        return "accuracy" if self.task == "classify" else "loss"
+        from lmtune.tasks import TASKS
+
+        return TASKS[self.task].default_metric
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

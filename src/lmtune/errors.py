@@ -9,14 +9,16 @@ class LmtuneError(Exception):
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; exit 128 + signum."""
+    """Training stopped after writing a checkpoint: on SIGTERM/SIGINT (exit 128 + signum), or
+    because the caller's stop hook asked (signum 0, exit 1)."""
 
     def __init__(self, signum: int, checkpoint: object):
         import signal
 
-        self.exit_code = 128 + signum
+        self.exit_code = 128 + signum if signum else 1
         self.checkpoint = checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint: {checkpoint}")
+        why = signal.Signals(signum).name if signum else "request"
+        super().__init__(f"stopped by {why}; checkpoint: {checkpoint}")
 
 
 def where(path: object, line: int | None = None) -> str:

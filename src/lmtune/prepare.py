@@ -1,9 +1,10 @@
 """A training run's set-up: everything `fit` needs, built in the order that keeps a bad
 input from touching the run dir.
 
-    validate data, load tokenizer + model, apply the method, tokenize once, [shard with
-    FSDP,] build optimizer + schedule, [wrap: DDP (accelerate) or DeepSpeed ZeRO], [find the
-    checkpoint to resume from], open the run dir and its metrics log (rank 0)
+    read + validate the data (the task), load tokenizer + model (the task's class, as the
+    method needs it), tokenize once, apply the method, [shard,] build optimizer + schedule,
+    wrap (the distribution strategy), [find the checkpoint to resume from], open the run dir
+    and its metrics log (rank 0)
 """
 from __future__ import annotations
 
@@ -14,157 +15,93 @@ from pathlib import Path
 
 import torch
 
-from lmtune import checkpoint, dist, fsdp, rundir, zero
+from lmtune import checkpoint, rundir, runtime
 from lmtune.config import Config
-from lmtune.data.collate import Encoded, encode
-from lmtune.data.lm import Report, encode_splits, load_lm_splits, mlm_view
-from lmtune.data.load import load_splits
+from lmtune.data.collate import Encoded
 from lmtune.data.readers import Table
+from lmtune.distributed import Strategy, make_strategy
 from lmtune.errors import LmtuneError
-from lmtune.models.load import attention_impl, load_model, load_tokenizer, resolve_model
-from lmtune.models.methods import (apply_method, hold_frozen_linears_in_bf16, set_dropout,
-                                   trainable_state)
-from lmtune.objectives import OBJECTIVES
+from lmtune.methods import apply_method, get_method
+from lmtune.models.load import attention_impl, load_pretrained, load_tokenizer, resolve_model
+from lmtune.models.params import hold_frozen_linears_in_bf16, set_dropout
 from lmtune.optim import build_optimizer, build_scheduler
-from lmtune.track import JsonlLogger, NullLogger
+from lmtune.tasks import EvalSettings, Task, get_task
+from lmtune.track import JsonlLogger, Logger, NullLogger, Tee
 
 
 @dataclass
 class Setup:
     cfg: Config
-    label_names: list[str] | None  # classify only
+    task: Task
+    label_names: list[str] | None  # tasks that predict labels
     tokenizer: object
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the forward runs (DDP's or DeepSpeed's wrapper, maybe)
     optimizer: torch.optim.Optimizer
     scheduler: object
-    accelerator: object
+    strategy: Strategy
     data: dict[str, Encoded]
     precision: str
     total_steps: int
     steps_per_epoch: int
     out: Path
-    logger: object
-    # train.distributed=fsdp|deepspeed over several processes: each rank holds a part of
-    # the state, and these helpers save, restore and gather it. None: DDP or one process.
-    shards: fsdp.Fsdp | zero.Zero | None = None
+    logger: Logger
     resumed: checkpoint.Loaded | None = None
-    report: dict | None = None  # sft/clm/mlm: what the loss sees (data_report.json)
-    prompts: list | None = None  # sft/seq2seq: validation conversations to generate from
+    report: dict | None = None  # sft/clm/mlm/seq2seq: what the loss sees (data_report.json)
+    prompts: list | None = None  # validation conversations to generate from
 
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
 
-    @property
-    def objective(self) -> str:
-        return OBJECTIVES[self.cfg.task]
-
     def train_data(self, epoch: int) -> Encoded:
-        """The training rows of `epoch`: MLM masks anew each epoch (seeded, so resumable)."""
-        if self.objective != "mlm":
-            return self.data["train"]
-        return mlm_view(self.data["train"], self.tokenizer, self.cfg.data.mlm_probability,
-                        self.cfg.seed * 1_000_003 + epoch + 1)
+        return self.task.train_view(self.data["train"], self.cfg, self.tokenizer, epoch)
 
     def autocast(self):
-        return dist.autocast(self.precision)
-
-    @property
-    def distributed(self) -> str:
-        return split_name(self.shards)
-
-    @property
-    def ranks(self) -> tuple[int, int] | None:
-        """(rank, world) where evaluation is shared out over several processes."""
-        world = self.accelerator.num_processes
-        return (self.accelerator.process_index, world) if world > 1 else None
+        return runtime.autocast(self.precision)
 
     @property
     def module(self) -> torch.nn.Module:
         """The model itself, without DDP's or DeepSpeed's wrapper."""
-        return self.shards.module if self.shards is not None else \
-            self.accelerator.unwrap_model(self.model)
+        return self.strategy.module
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the trainable weights (this rank's shards, when sharded)."""
-        if self.shards is not None:
-            return self.shards.trainable_state()
-        return trainable_state(self.module)
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        if self.shards is not None:
-            self.shards.load_trainable(state)
-        else:
-            self.module.load_state_dict(state, strict=False)
+    def eval_settings(self, progress: bool = False) -> EvalSettings:
+        return EvalSettings(self.cfg.eval.batch_size, self.pad_id, self.autocast,
+                            self.strategy.ranks, progress, self.label_names)
 
 
-def split_name(shards) -> str:
-    """How the training state is split over the processes (checkpoints record it)."""
-    if isinstance(shards, zero.Zero):
-        return f"deepspeed-zero{shards.stage}"
-    return "fsdp" if shards is not None else "ddp"
-
-
-def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
-    dist.set_threads(cfg.train.threads)
-    dist.seed_everything(cfg.seed)
-    precision = dist.resolve_precision(cfg.train.precision)
+def prepare(cfg: Config, train_table: Table | None = None,
+            logger: Logger | None = None) -> Setup:
+    """Build the run; `logger` also receives every metrics row (rank 0)."""
+    runtime.seed_everything(cfg.seed)
+    precision = runtime.resolve_precision(cfg.train.precision)
+    task, method = get_task(cfg.task), get_method(cfg.method)
     # Everything that can fail on user input happens before the run dir is touched.
-    raw = load_splits(cfg.data, cfg.seed, train_table) if cfg.task == "classify" else \
-        load_lm_splits(cfg, train_table)
+    raw = task.read(cfg, train_table)
     out = rundir.check_run_dir(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    label_names = raw.label_names if cfg.task == "classify" else None
-    model = load_model(cfg.task, model_path, label_names, cfg.trust_remote_code,
-                       attention_impl(cfg.attention, dist.device_type(), cfg.task))
-    data, report = encode_data(cfg, tokenizer, raw,
-                               getattr(model.config, "decoder_start_token_id", None))
-    prompts = raw.items["validation"][:cfg.eval.generate_samples] \
-        if cfg.task in ("sft", "seq2seq") and cfg.eval.generate_samples else None
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        getattr(model.config, "encoder", None), "max_position_embeddings", None)  # bert2bert
-    if limit and cfg.train.max_length > limit:
-        raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
-                          f"{limit} positions {cfg.model} was trained with")
+    model = load_pretrained(task.model_class, model_path, cfg.trust_remote_code,
+                            attention_impl(cfg.attention, runtime.device_type(),
+                                           task.eager_on_cpu),
+                            method.load_dtype, **task.model_kwargs(raw))
+    data, report = task.encode(cfg, tokenizer, raw, model.config)
+    check_positions(cfg, model.config)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
         model.gradient_checkpointing_enable({"use_reentrant": False})
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
         set_dropout(model, cfg.train.dropout)
-    model = apply_method(model, cfg)
-    if precision == "bf16" and cfg.method != "full":  # same matmul inputs, half the memory
+    model = apply_method(model, cfg, task)
+    if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)
-    accelerator = dist.make_accelerator()
-    batches = math.ceil(len(data["train"]) / cfg.train.batch_size)
-    steps_per_epoch = max(1, batches // accelerator.num_processes) \
-        if accelerator.num_processes > 1 else batches
-    steps_per_epoch = math.ceil(steps_per_epoch / cfg.train.grad_accum)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
-    mode = cfg.train.distributed if accelerator.num_processes > 1 else "ddp"
-    if mode == "fsdp":  # before the optimizer: sharding replaces every parameter
-        model = fsdp.shard_model(model, accelerator.device, accelerator.num_processes,
-                                  precision)
+    strategy = make_strategy(cfg.train, precision)
+    steps_per_epoch, total_steps = count_steps(cfg, len(data["train"]), strategy.world)
+    model = strategy.shard(model)  # before the optimizer: sharding replaces parameters
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)  # ours in every mode
-    shards = None
-    if mode == "fsdp":
-        shards = fsdp.Fsdp(model, optimizer)
-    elif mode == "deepspeed":  # the engine runs the model; its step() updates
-        shards = zero.Zero(model, optimizer, cfg.train, cfg.train.zero_stage,
-                           torch.distributed.get_backend(), precision == "bf16")
-        model = shards.engine
-    else:  # DDP over several processes (nothing to wrap for one)
-        model, optimizer = accelerator.prepare(model, optimizer)
-    resumed = None
-    if cfg.resume:
-        resumed = checkpoint.load_latest(out / "checkpoints", accelerator.process_index,
-                                         accelerator.num_processes,
-                                         split_name(shards))
-        if resumed is None and accelerator.is_main_process:
-            print(f"resume: no valid checkpoint in {out / 'checkpoints'}; starting at step 0",
-                  file=sys.stderr)
-    logger = NullLogger()
-    if accelerator.is_main_process:
+    model = strategy.wrap(model, optimizer)
+    resumed = find_checkpoint(cfg, out, strategy)
+    log: Logger = NullLogger()
+    if strategy.is_main:
         if report is not None:
             print("data: " + "\n      ".join(report.lines()), file=sys.stderr)
         if resumed is None:
@@ -173,20 +110,38 @@ def prepare(cfg: Config, train_table: Table | None = None) -> Setup:
             rundir.rewind_metrics(out / "metrics.jsonl", resumed.progress["step"])
         if report is not None:
             rundir.atomic_write_json(out / "data_report.json", vars(report))
-        logger = JsonlLogger(out / "metrics.jsonl")
-    return Setup(cfg, label_names, tokenizer, model, optimizer, scheduler, accelerator, data,
-                 precision, total_steps, steps_per_epoch, out, logger, shards, resumed,
-                 vars(report) if report is not None else None, prompts)
+        log = JsonlLogger(out / "metrics.jsonl")
+        if logger is not None:
+            log = Tee(log, logger)
+    return Setup(cfg, task, task.label_names(raw), tokenizer, model, optimizer, scheduler,
+                 strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
+                 vars(report) if report is not None else None, task.prompts(raw, cfg))
 
 
-def encode_data(cfg: Config, tokenizer, raw, decoder_start: int | None
-                ) -> tuple[dict[str, Encoded], Report | None]:
-    """Tokenize every split once: (data, LM data report; None to classify)."""
-    if cfg.task != "classify":
-        return encode_splits(tokenizer, raw, cfg, decoder_start)
-    label2id = raw.label2id
-    data = {name: encode(tokenizer, part.texts, cfg.train.max_length,
-                         [label2id[x] for x in part.labels])
-            for name, part in (("train", raw.train), ("validation", raw.validation),
-                               ("test", raw.test)) if part is not None}
-    return data, None
+def check_positions(cfg: Config, config) -> None:
+    """train.max_length may not pass the positions the model was trained with."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(
+        getattr(config, "encoder", None), "max_position_embeddings", None)  # bert2bert
+    if limit and cfg.train.max_length > limit:
+        raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
+                          f"{limit} positions {cfg.model} was trained with")
+
+
+def count_steps(cfg: Config, rows: int, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps): each process takes every world-th batch."""
+    batches = math.ceil(rows / cfg.train.batch_size)
+    per_epoch = max(1, batches // world) if world > 1 else batches
+    per_epoch = math.ceil(per_epoch / cfg.train.grad_accum)
+    return per_epoch, cfg.train.max_steps or math.ceil(cfg.train.epochs * per_epoch)
+
+
+def find_checkpoint(cfg: Config, out: Path, strategy: Strategy) -> checkpoint.Loaded | None:
+    """With resume=true, the newest valid checkpoint (None: start at step 0)."""
+    if not cfg.resume:
+        return None
+    resumed = checkpoint.load_latest(out / "checkpoints", strategy.rank, strategy.world,
+                                     strategy.name)
+    if resumed is None and strategy.is_main:
+        print(f"resume: no valid checkpoint in {out / 'checkpoints'}; starting at step 0",
+              file=sys.stderr)
+    return resumed

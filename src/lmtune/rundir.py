@@ -1,4 +1,13 @@
-"""The run dir: config.yaml, metrics.jsonl, model/, eval.json. Every file lands atomically."""
+"""The run dir: writing it (every file lands atomically) and reading it back (`open_run`).
+
+    RUN_DIR/config.yaml        the fully resolved config
+           metrics.jsonl       one row per log window, validation and test pass
+           data_report.json    what the loss saw (language-model tasks)
+           checkpoints/        see checkpoint.py
+           model/              an HF model dir, or a PEFT adapter dir with the base config
+           eval.json           test metrics (`lmtune eval` rewrites it)
+           summary.json        steps, time, throughput, best step, test metrics, peak memory
+"""
 from __future__ import annotations
 
 import json
@@ -6,12 +15,13 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from lmtune.config import Config, config_yaml
+from lmtune.config import Config, config_yaml, load_config
 from lmtune.errors import LmtuneError
 
 
@@ -123,3 +133,61 @@ def rewind_metrics(path: Path, step: int) -> None:
         if isinstance(row, dict) and row.get("step", 0) <= step and row.get("split") != "test":
             kept.append(json.dumps(row) + "\n")
     atomic_write_text(path, "".join(kept))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class SavedRun:
+    """What loading needs from a run dir, or from a bare model (HF dir, hub id, alias)."""
+
+    config: Config | None  # None: a bare model, not a run dir
+    model_dir: Path
+    base: str  # the model an adapter applies to
+    trust: bool
+
+    @property
+    def task(self):
+        """The run's task object; a bare model's comes from its architecture name."""
+        from lmtune.tasks import get_task, task_of_model
+
+        return get_task(self.config.task) if self.config else task_of_model(self.model_dir)
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether the saved weights are an adapter that folds into its base."""
+        from lmtune.methods import get_method
+
+        return bool(self.config) and get_method(self.config.method).mergeable
+
+    def load(self, attention: str | None = None, cache_dir: str = ""):
+        """(model, tokenizer) in eval mode, loaded as the task's model class; `attention`
+        None: as the run was trained (`attention=auto` picks per task and device)."""
+        from lmtune import runtime
+        from lmtune.models.io import load_saved
+        from lmtune.models.load import attention_impl
+
+        task = self.task
+        if attention is None:
+            attention = attention_impl(self.config.attention if self.config else "auto",
+                                       runtime.device_type(), task.eager_on_cpu)
+        return load_saved(self.model_dir, self.base, self.trust, attention,
+                          auto_class=task.model_class,
+                          cache_dir=cache_dir or (self.config.cache_dir if self.config else ""))
+
+
+def open_run(path: str | Path, cache_dir: str = "") -> SavedRun:
+    """A run dir (with config.yaml), a bare HF model dir, or an alias/hub id resolved to one."""
+    from lmtune.models.load import resolve_model
+
+    p = Path(path)
+    if (p / "config.yaml").exists():
+        config = load_config(p / "config.yaml")
+        return SavedRun(config, p / "model", config.model, config.trust_remote_code)
+    if p.is_dir():  # a bare HF model dir (full fine-tune) has no base to resolve
+        return SavedRun(None, p, str(p), False)
+    resolved = Path(resolve_model(str(path), cache_dir))
+    if not resolved.is_dir():
+        raise LmtuneError(f"{path}: not a run dir, a model dir or an alias")
+    return SavedRun(None, resolved, str(resolved), False)

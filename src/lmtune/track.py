@@ -38,3 +38,18 @@ class NullLogger:
 
     def close(self) -> None:
         pass
+
+
+class Tee:
+    """Every row to each of several loggers (the run's metrics.jsonl and a caller's own)."""
+
+    def __init__(self, *loggers: Logger):
+        self.loggers = loggers
+
+    def log(self, row: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log(row)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()

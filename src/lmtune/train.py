@@ -11,26 +11,25 @@
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from lmtune import checkpoint, rundir, zero
-from lmtune.config import GENERATION_METRICS, Config
+from lmtune import checkpoint, rundir, runtime
+from lmtune.config import Config
 from lmtune.data.collate import Encoded, epoch_batches
 from lmtune.data.readers import Table
-from lmtune.errors import Interrupted, LmtuneError
-from lmtune.eval.generation import generation_scores
-from lmtune.eval.run import evaluate, evaluate_lm
+from lmtune.errors import Interrupted
+from lmtune.eval.generation import evaluate_generation
 from lmtune.models.io import save_model
-from lmtune.models.methods import count_parameters
-from lmtune.objectives import loss_sum, make_batch
+from lmtune.models.params import count_parameters
 from lmtune.prepare import Setup, prepare
+from lmtune.track import Logger
 
 
 @dataclass
@@ -64,33 +63,43 @@ class RunResult:
     train_seconds: float
     samples_per_second: float  # training steps only (validation and checkpoints excluded)
     tokens_per_second: float
+    peak_memory_mb: float = 0.0  # the process's peak RSS on CPU, peak allocated on a GPU
 
 
-def train(cfg: Config, train_table: Table | None = None, progress: bool = True) -> RunResult:
-    """Fine-tune `cfg.model` on `cfg.data` (or `train_table`) and write the run dir."""
-    setup = prepare(cfg, train_table)
-    state = fit(setup, progress)
-    return finish(setup, state)
+def train(cfg: Config, train_table: Table | None = None, progress: bool = True,
+          logger: Logger | None = None, stop: Callable[[], bool] | None = None) -> RunResult:
+    """Fine-tune `cfg.model` on `cfg.data` (or `train_table`) and write the run dir.
+
+    `logger` receives every metrics row as metrics.jsonl does; `stop` is polled after every
+    step, and when it returns True the run checkpoints and raises `Interrupted` (resume it
+    with `resume=true`). torch's thread count is `train.threads` while training runs, and
+    the caller's afterwards.
+    """
+    with runtime.threads(cfg.train.threads):
+        setup = prepare(cfg, train_table, logger)
+        state = fit(setup, progress, stop)
+        return finish(setup, state)
 
 
 # ------------------------------------------------------------------------------- fit
 
 
-def fit(s: Setup, progress: bool = True) -> FitState:
-    cfg, tc = s.cfg, s.cfg.train
+def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = None
+        ) -> FitState:
+    cfg, tc, strategy = s.cfg, s.cfg.train, s.strategy
     state = start_state(s)
     lengths = s.data["train"].lengths()  # masking keeps lengths
     bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
-               disable=not progress or not s.accelerator.is_main_process)  # short piped logs
+               disable=not progress or not strategy.is_main)  # short piped logs
     s.model.train()
     start = time.perf_counter() - state.seconds
     # The loss stays on device between log rows: no host sync inside the step.
-    window_loss = torch.tensor(state.window_loss, device=s.accelerator.device)
+    window_loss = torch.tensor(state.window_loss, device=strategy.device)
     window_start = _train_clock(state)
-    world, rank = s.accelerator.num_processes, s.accelerator.process_index
+    world, rank = strategy.world, strategy.rank
     per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
-    with checkpoint.StopRequest() as stop:
+    with checkpoint.StopRequest(stop_hook) as stop:
         while state.step < s.total_steps:
             batches = epoch_batches(lengths, tc.batch_size, cfg.seed, state.epoch,
                                     tc.group_by_length)
@@ -139,8 +148,7 @@ def fit(s: Setup, progress: bool = True) -> FitState:
 def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_start: float) -> dict:
     """Write the loss/LR/throughput row for the steps since the last row."""
     elapsed = max(_train_clock(state) - window_start, 1e-9)
-    if s.accelerator.num_processes > 1:  # each rank holds its share of the loss
-        window_loss = s.accelerator.reduce(window_loss, reduction="sum")
+    window_loss = s.strategy.reduce(window_loss)  # each rank holds its share of the loss
     row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
            "loss": window_loss.item() / max(1, _steps_in_window(state, s.cfg.train)),
            "lr": s.scheduler.get_last_lr()[0],
@@ -162,73 +170,57 @@ def start_state(s: Setup) -> FitState:
     r = s.resumed
     if r is None:
         return FitState()
-    model = s.module
-    if r.shards is not None:  # each rank reads its own shards (key mismatches raise)
-        best = s.shards.load(r.shards)
-    else:
-        expected = {n for n, p in model.named_parameters() if p.requires_grad}
-        if set(r.trainable) != expected:
-            raise LmtuneError(f"checkpoint {r.path}: its trainable tensors do not match this "
-                              f"model and method ({len(r.trainable)} saved, "
-                              f"{len(expected)} here)")
-        model.load_state_dict(r.trainable, strict=False)
-        s.optimizer.load_state_dict(r.optimizer)
-        best = r.best
+    best = s.strategy.restore(r)
     s.scheduler.load_state_dict(r.scheduler)
     checkpoint.set_rng_state(r.rng)
     p = {k: v for k, v in r.progress.items() if k not in ("world_size", "distributed")}
     state = FitState(**p)
-    if not s.accelerator.is_main_process:  # rank 0 alone carries the saved loss window on;
+    if not s.strategy.is_main:  # rank 0 alone carries the saved loss window on;
         state.window_loss = 0.0  # the log row sums every rank's share of it
     if best is not None:
         state.best_weights = best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights
-        state.best_weights = s.trainable_state()
-    if s.accelerator.is_main_process:
+        state.best_weights = s.strategy.trainable_state()
+    if s.strategy.is_main:
         print(f"resumed from {r.path} at step {state.step}", file=sys.stderr)
     s.logger.log({"step": state.step, "event": "resumed", "checkpoint": r.path.name})
     return state
 
 
 def stop_requested(s: Setup, stop: checkpoint.StopRequest) -> bool:
-    """Whether a signal asked to stop; under DDP all ranks agree, so all stop at one step."""
-    if s.accelerator.num_processes == 1:
-        return bool(stop.signum)
-    flag = torch.tensor(float(stop.signum), device=s.accelerator.device)
-    stop.signum = int(s.accelerator.reduce(flag, reduction="max"))  # any rank's signal
-    return bool(stop.signum)
+    """Whether a signal or the stop hook asked to stop; over several processes all ranks
+    agree (any rank's request counts), so all stop at one step."""
+    asked = stop.asked()
+    if s.strategy.world > 1:
+        flag = torch.tensor(asked, device=s.strategy.device)
+        asked = float(s.strategy.reduce(flag, reduction="max"))
+    stop.signum = int(asked)  # 0 where only the hook asked
+    return asked > 0
 
 
 def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
                     start: float) -> Path | None:
-    """Write a checkpoint of the current step. Every rank calls it; rank 0 writes."""
+    """Write a checkpoint of the current step. Every rank calls it; the strategy says who
+    writes what."""
     began = time.perf_counter()
-    acc = s.accelerator
-    if acc.num_processes > 1:  # every rank's loss share, and RNG streams, go in one file set
-        window_loss = acc.reduce(window_loss, reduction="sum")
-        rngs: list = [None] * acc.num_processes
+    strategy = s.strategy
+    if strategy.world > 1:  # every rank's loss share, and RNG streams, go in one file set
+        window_loss = strategy.reduce(window_loss)
+        rngs: list = [None] * strategy.world
         torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
     else:
         rngs = [checkpoint.rng_state()]
-    path = None
-    if acc.is_main_process:
+    if strategy.is_main:
         state.window_loss = window_loss.item()
         state.seconds = time.perf_counter() - start
     else:  # only rank 0 carries the loss window on
         state.window_loss = 0.0
     best = state.best_weights if state.best.get("step", state.step) != state.step else None
-    common = dict(scheduler=s.scheduler.state_dict(), rngs=rngs,
-                  progress=state.progress(acc.num_processes, s.distributed),
-                  keep=s.cfg.train.keep_checkpoints, best_step=state.best.get("step"))
-    if s.shards is not None:  # every rank writes its shards of weights, best weights, AdamW
-        path = checkpoint.save(s.out / "checkpoints", state.step, trainable=None, best=None,
-                               optimizer=None, rank=acc.process_index, **common,
-                               shards=lambda p: s.shards.save(best, p))
-    elif acc.is_main_process:
-        path = checkpoint.save(s.out / "checkpoints", state.step,
-                               trainable=s.trainable_state(), best=best,
-                               optimizer=s.optimizer.state_dict(), **common)
-    acc.wait_for_everyone()
+    path = strategy.save_checkpoint(
+        s.out / "checkpoints", state.step, best, scheduler=s.scheduler.state_dict(),
+        rngs=rngs, progress=state.progress(strategy.world, strategy.name),
+        keep=s.cfg.train.keep_checkpoints, best_step=state.best.get("step"))
+    strategy.barrier()
     state.aside_seconds += time.perf_counter() - began
     return path
 
@@ -247,59 +239,40 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
     give the same gradient as one batch k times larger: a short micro-batch, or one with few
     trained tokens, weighs by what it holds. Summed over ranks, the returned values are the
     step's mean loss.
-
-    Under DeepSpeed the engine takes the backward (ZeRO-2/3 reduce-scatter each one) and its
-    `step()` reduces, clips and updates; ZeRO averages over ranks as DDP does.
     """
-    scale = s.accelerator.num_processes / max(n, 1)
-    device = s.accelerator.device
-    ds = s.shards if isinstance(s.shards, zero.Zero) else None
-    total = torch.zeros((), device=device)
+    strategy, task = s.strategy, s.task
+    scale = strategy.world / max(n, 1)
+    total = torch.zeros((), device=strategy.device)
     for j, idx in enumerate(group):
-        batch = make_batch(s.objective, data, idx, s.pad_id, device)
-        last = j == len(group) - 1
-        with contextlib.nullcontext() if last or ds else s.accelerator.no_sync(s.model):
-            loss = loss_sum(s.objective, s.model, batch, s.autocast) * scale
-            if ds:
-                ds.backward(loss)
-            else:
-                s.accelerator.backward(loss)
-        total += loss.detach() / s.accelerator.num_processes
-    if ds:
-        ds.step()
-    else:
-        if s.cfg.train.max_grad_norm:
-            s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.train.max_grad_norm)
-        s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=True)
+        batch = task.batch(data, idx, s.pad_id, strategy.device)
+        with strategy.accumulating(last=j == len(group) - 1):
+            loss = task.loss_sum(s.model, batch, s.autocast) * scale
+            strategy.backward(loss)
+        total += loss.detach() / strategy.world
+    strategy.step()
     s.scheduler.step()
     return total
 
 
 def evaluate_split(s: Setup, name: str) -> dict:
-    """Metrics of split `name`: classification metrics, or LM loss and perplexity. With
-    several processes each runs its share of the batches and the sums are added up."""
-    if s.objective == "classify":
-        return evaluate(s.model, s.data[name], s.label_names, s.cfg.eval.batch_size,
-                        s.pad_id, s.autocast, ranks=s.ranks)
-    return evaluate_lm(s.model, s.data[name], s.objective, s.cfg.eval.batch_size, s.pad_id,
-                       s.autocast, ranks=s.ranks)
+    """The task's metrics of split `name`. With several processes each runs its share of
+    the batches and the sums are added up."""
+    return s.task.evaluate(s.model, s.data[name], s.eval_settings())
 
 
-def headline(metrics: dict) -> dict:
+def headline(s: Setup, metrics: dict) -> dict:
     """The scalar metrics worth a log row."""
-    return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "perplexity",
-                                    *GENERATION_METRICS) if k in metrics}
+    return {k: metrics[k] for k in s.task.headline if k in metrics}
 
 
 def validate(s: Setup, state: FitState, epoch: int) -> None:
     """Evaluate on the validation split (loss, plus generation metrics on its first
     `eval.generate_samples` rows); keep a copy of the best trainable weights."""
     began = time.perf_counter()
-    metrics = headline(evaluate_split(s, "validation"))
+    metrics = headline(s, evaluate_split(s, "validation"))
     if s.prompts:
-        metrics |= generation_scores(s.module, s.tokenizer, s.cfg, s.prompts, s.precision,
-                                     s.ranks)
+        metrics |= evaluate_generation(s.module, s.tokenizer, s.task.decode_kind(s.tokenizer),
+                                       s.cfg, s.prompts, s.precision, s.strategy.ranks)
     state.last_eval_step = state.step
     name = s.cfg.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})
@@ -308,7 +281,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
                else metrics[name] > state.best[name]))
     if better:
         state.best = {"step": state.step, **metrics}
-        state.best_weights = s.trainable_state()
+        state.best_weights = s.strategy.trainable_state()
     state.aside_seconds += time.perf_counter() - began
 
 
@@ -316,30 +289,50 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
 
 
 def finish(s: Setup, state: FitState) -> RunResult:
-    model = s.module
+    """Restore the best weights, test, save model/, eval.json and summary.json, print the
+    summary."""
+    model, strategy = s.module, s.strategy
     # Training is over: AdamW's moments (twice the trainable weights) and the copy of the
     # best weights are freed before the test pass and the save, which need memory of their own.
     s.optimizer.state.clear()
     if state.best_weights is not None and state.best["step"] != state.step:
-        s.load_trainable(state.best_weights)
+        strategy.load_trainable(state.best_weights)
     state.best_weights = None
     test = None
     if "test" in s.data:
         test = evaluate_split(s, "test")
-        s.logger.log({"step": state.step, "split": "test", **headline(test)})
-    s.accelerator.wait_for_everyone()
+        s.logger.log({"step": state.step, "split": "test", **headline(s, test)})
+    strategy.barrier()
     seconds = max(state.seconds - state.aside_seconds, 1e-9)
     result = RunResult(s.out, test, state.best, state.step, state.seconds,
-                       state.samples / seconds, state.tokens / seconds)
-    weights = s.shards.full_state() if s.shards is not None else None  # a collective
-    if s.accelerator.is_main_process:
+                       state.samples / seconds, state.tokens / seconds,
+                       runtime.peak_memory_mb())
+    weights = strategy.full_state()  # a collective where the weights are sharded
+    if strategy.is_main:
         rundir.atomic_save_dir(s.out / "model",
                                lambda p: save_model(model, s.tokenizer, p, weights))
         if test is not None:
             rundir.atomic_write_json(s.out / "eval.json", {"test": test})
+        rundir.atomic_write_json(s.out / "summary.json", summary_json(s, result))
         print(summary(s, result, model))
     s.logger.close()
     return result
+
+
+def summary_json(s: Setup, r: RunResult) -> dict:
+    """summary.json: what the run did and how fast, beside eval.json."""
+    trainable, total = count_parameters(s.module)
+    return {"task": s.cfg.task, "model": s.cfg.model, "method": s.cfg.method,
+            "precision": s.precision, "processes": s.strategy.world,
+            "distributed": s.strategy.name, "trainable_params": trainable,
+            "total_params": total, "steps": r.steps,
+            "epochs": round(r.steps / s.steps_per_epoch, 4), "seconds": r.train_seconds,
+            "samples_per_second": r.samples_per_second,
+            "tokens_per_second": r.tokens_per_second,
+            "best": {"step": r.best.get("step"), "metric": s.cfg.metric,
+                     "value": r.best.get(s.cfg.metric)},
+            "test": headline(s, r.test) if r.test is not None else None,
+            "peak_memory_mb": r.peak_memory_mb}
 
 
 def summary(s: Setup, r: RunResult, model) -> str:
@@ -356,7 +349,7 @@ def summary(s: Setup, r: RunResult, model) -> str:
             (f"best validation {s.cfg.metric}",
              f"{r.best[s.cfg.metric]:.4f} (step {r.best['step']})")]
     if r.test is not None:
-        rows += [(f"test {k}", f"{v:.4f}") for k, v in headline(r.test).items()]
-    rows.append(("run dir", str(s.out)))
+        rows += [(f"test {k}", f"{v:.4f}") for k, v in headline(s, r.test).items()]
+    rows += [("peak memory", f"{r.peak_memory_mb:,.0f} MB"), ("run dir", str(s.out))]
     width = max(len(k) for k, _ in rows)
     return "\n".join([""] + [f"  {k:<{width}}  {v}" for k, v in rows])

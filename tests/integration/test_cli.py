@@ -67,7 +67,7 @@ def test_different_config_is_not_overwritten(tiny_overrides, tmp_path, capsys):
 
 
 def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
-    import lmtune.eval.run as eval_run
+    import lmtune.eval.batched as eval_batched
 
     assert main(["train", "--quiet", *tiny_overrides]) == 0
     run = tmp_path / "run"
@@ -75,7 +75,7 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
     preds = tmp_path / "preds.jsonl"
     capsys.readouterr()
     batches = []  # every forward pass collates its batches
-    monkeypatch.setattr(eval_run, "collate",
+    monkeypatch.setattr(eval_batched, "collate",
                         lambda *a, **k: batches.append(a[1]) or collate(*a, **k))
     assert main(["eval", str(run), f"data.test={other}", "--json", str(tmp_path / "e.json"),
                  "--output", str(preds)]) == 0
@@ -100,10 +100,10 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
     again = json.loads((tmp_path / "e2.json").read_text())["test"]
     assert again["accuracy"] == metrics["accuracy"]
     assert again["majority_baseline"] == metrics["majority_baseline"]
-    import lmtune.dist
+    import lmtune.runtime
 
     mapped = []  # --low-memory asks glibc to map large buffers apart; metrics are unchanged
-    monkeypatch.setattr(lmtune.dist, "map_large_buffers", lambda: mapped.append(1) or True)
+    monkeypatch.setattr(lmtune.runtime, "map_large_buffers", lambda: mapped.append(1) or True)
     assert main(["eval", str(run), f"data.test={other}", "--low-memory",
                  "--json", str(tmp_path / "e3.json")]) == 0
     assert mapped == [1]

@@ -7,7 +7,7 @@ from lmtune.cli import main
 from lmtune.data.formats import Message
 from lmtune.data.templates import end_of_turn_ids
 from lmtune.infer.generate import Generator
-from lmtune.infer.predict import pipeline
+from lmtune import pipeline
 from tests.conftest import chat_rows
 
 

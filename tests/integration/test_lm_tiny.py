@@ -13,7 +13,7 @@ from lmtune.data.formats import Message
 from lmtune.data.lm import Report, pack
 from lmtune.data.packing import best_fit
 from lmtune.data.templates import tokenize_conversation
-from lmtune.objectives import loss_sum, make_batch
+from lmtune.tasks import get_task
 from lmtune.prepare import prepare
 from lmtune.train import evaluate_split, finish, fit
 from tests.conftest import (CHAT_WORDS, metric_rows, sentiment_rows, train_tracked,
@@ -73,8 +73,9 @@ def test_packed_losses_and_gradients_equal_unpacked_per_sample(tiny_llama, atten
 
     def loss_and_grads(data, idx):
         model.zero_grad()
-        batch = make_batch("causal", data, idx, tok.pad_token_id, "cpu")
-        loss = loss_sum("causal", model, batch, contextlib.nullcontext)
+        task = get_task("sft")
+        batch = task.batch(data, idx, tok.pad_token_id, "cpu")
+        loss = task.loss_sum(model, batch, contextlib.nullcontext)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -176,11 +177,13 @@ def test_mlm_then_classification_from_its_output(tiny_bert, tmp_path):
 def test_frozen_linears_held_in_bf16_change_no_number_under_autocast(tiny_llama, method):
     from transformers import AutoModelForCausalLM
 
-    from lmtune.models.methods import apply_method, hold_frozen_linears_in_bf16
+    from lmtune.methods import apply_method
+    from lmtune.models.params import hold_frozen_linears_in_bf16
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     model = apply_method(model, load_config(None, ["task=sft", f"method={method}",
-                                                   "freeze.layers=1", "lora.dropout=0"]))
+                                                   "freeze.layers=1", "lora.dropout=0"]),
+                         get_task("sft"))
     with torch.no_grad():  # a trained adapter, not the zero-initialized one
         for n, p in model.named_parameters():
             if "lora_B" in n:

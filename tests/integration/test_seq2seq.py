@@ -93,15 +93,16 @@ def test_targets_are_shifted_right_behind_the_start_token(tiny_bert2bert, tiny_t
 
 def test_loss_matches_the_models_own_teacher_forced_loss(tiny_bart, pairs_jsonl, tmp_path):
     """Our shifted decoder inputs and summed loss equal what BART computes from labels."""
-    from lmtune.objectives import loss_sum, make_batch
+    from lmtune.tasks import get_task
 
     cfg = load_config(None, [*S2S, f"model={tiny_bart}", f"data.train={pairs_jsonl}",
                              f"output_dir={tmp_path / 'run'}"])
     s = prepare(cfg)
     data = s.data["train"]
     idx = list(range(6))
-    batch = make_batch("seq2seq", data, idx, s.pad_id, "cpu")
-    ours = loss_sum("seq2seq", s.model, batch, s.autocast) / data.count_units(idx)
+    task = get_task("seq2seq")
+    batch = task.batch(data, idx, s.pad_id, "cpu")
+    ours = task.loss_sum(s.model, batch, s.autocast) / data.count_units(idx)
     theirs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=batch["targets"]).loss
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
@@ -179,18 +180,20 @@ def test_eval_budget_counts_the_decoder_tokens(tiny_t5, monkeypatch):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    import lmtune.eval.run as eval_run
-    import lmtune.objectives as objectives
+    import lmtune.eval.batched as eval_batched
     from lmtune.data.collate import Encoded
+    from lmtune.tasks import EvalSettings, get_task
 
     data = Encoded([[5, 6, 7, 1]] * 40, decoder_ids=[[0] + [8] * 62] * 40,
                    targets=[[8] * 62 + [1]] * 40)
     shapes = []
-    real = objectives.make_batch
-    monkeypatch.setattr(objectives, "make_batch", lambda *a: shapes.append(
-        tuple(real(*a)["decoder_input_ids"].shape)) or real(*a))
-    monkeypatch.setattr(eval_run, "EVAL_TOKENS", 512)
+    task = get_task("seq2seq")
+    real = task.batch
+    make_batch = lambda *a: shapes.append(  # noqa: E731
+        tuple(real(*a)["decoder_input_ids"].shape)) or real(*a)
+    monkeypatch.setattr(eval_batched, "EVAL_TOKENS", 512)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5, dtype=torch.float32)
-    got = eval_run.evaluate_lm(model, data, "seq2seq", batch_size=64, pad_id=0)
+    got = eval_batched.evaluate_loss(model, data, make_batch, task.loss_sum,
+                                     EvalSettings(batch_size=64, pad_id=0))
     assert got["n"] == 40 and len(shapes) > 1
     assert all(rows * width <= 512 for rows, width in shapes), shapes

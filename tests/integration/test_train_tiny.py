@@ -7,14 +7,14 @@ import torch
 
 from lmtune.config import load_config
 from lmtune.infer.predict import Predictor
-from lmtune.models.methods import count_parameters
+from lmtune.models.params import count_parameters
 from lmtune.prepare import prepare
 from lmtune.train import finish, fit
 
 
 def run(overrides, extra=()):
     s = prepare(load_config(None, list(overrides) + list(extra)))
-    model = s.accelerator.unwrap_model(s.model)
+    model = s.module
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = fit(s, progress=False)
     result = finish(s, state)
@@ -57,7 +57,7 @@ def test_save_load_predict_round_trip_is_exact(tiny_overrides, tmp_path, method)
     s, result, _, _ = run(tiny_overrides, [f"method={method}", "train.epochs=1",
                                            "lora.r=4", "freeze.layers=1"])
     texts = ["the film was great", "a dull and boring plot", "music", "its ending was poor"]
-    model = s.accelerator.unwrap_model(s.model).eval()
+    model = s.module.eval()
     enc = s.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         want = model(**enc).logits
@@ -100,8 +100,8 @@ def test_gradient_accumulation_equals_a_larger_batch(tiny_overrides, tmp_path):
     a = run(tiny_overrides, common + ["train.batch_size=8", f"output_dir={tmp_path}/a"])[0]
     b = run(tiny_overrides, common + ["train.batch_size=4", "train.grad_accum=2",
                                       f"output_dir={tmp_path}/b"])[0]
-    pa = dict(a.accelerator.unwrap_model(a.model).named_parameters())
-    pb = dict(b.accelerator.unwrap_model(b.model).named_parameters())
+    pa = dict(a.module.named_parameters())
+    pb = dict(b.module.named_parameters())
     for name in pa:
         torch.testing.assert_close(pa[name], pb[name], atol=1e-5, rtol=1e-4)
 
@@ -124,7 +124,6 @@ def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment
                                                     method):
     """With train.dropout=0 (the default) a training-mode forward is deterministic; with the
     model's own dropout (null: 0.1 here) it is not. LoRA's own dropout stays lora.dropout."""
-    from lmtune.objectives import make_batch
 
     outs = {}
     for dropout in (None, 0.0):
@@ -134,7 +133,7 @@ def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment
                                        "train.precision=fp32", f"method={method}",
                                        "lora.dropout=0.3", *extra]))
         s.model.train()
-        batch = make_batch("classify", s.data["train"], list(range(8)), s.pad_id, "cpu")
+        batch = s.task.batch(s.data["train"], list(range(8)), s.pad_id, "cpu")
         first, second = (s.model(input_ids=batch["input_ids"],
                                  attention_mask=batch["attention_mask"]).logits
                          for _ in range(2))

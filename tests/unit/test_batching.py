@@ -148,7 +148,7 @@ def test_rank_share_counts_each_item_once_with_as_many_per_rank(n, world):
     """Eval batches and validation prompts under several processes: each item is counted on
     exactly one rank; ranks with fewer take uncounted extras, so that FSDP/ZeRO-3 forwards
     (collectives) and `generate` calls line up."""
-    from lmtune.dist import rank_share
+    from lmtune.distributed import rank_share
 
     items = [[i] for i in range(n)]
     per_rank = [rank_share(items, (r, world)) for r in range(world)]
@@ -169,7 +169,7 @@ def test_eval_bounds_the_square_only_under_eager_attention_even_when_wrapped():
     """DDP and DeepSpeed wrap the model (`.module`) and have no `.config` of their own."""
     from types import SimpleNamespace as NS
 
-    from lmtune.eval.run import batches_of
+    from lmtune.eval.batched import batches_of
 
     data = Encoded([[1] * 128] * 40, labels=[0] * 40)
     eager = NS(config=NS(_attn_implementation="eager"))

@@ -111,7 +111,7 @@ def test_deepspeed_checkpoint_files_are_checked_before_deepspeed_unpickles_them(
     pytest.importorskip("deepspeed")
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
 
-    from lmtune.zero import _check_plain
+    from lmtune.distributed.zero import _check_plain
 
     marker = tmp_path / "code-ran"
 
@@ -161,7 +161,7 @@ def test_sharded_checkpoint_metadata_and_values_never_run_code(tmp_path):
     pickle; lmtune's reader refuses anything but plain data there, before torch reads it."""
     import io
 
-    from lmtune.fsdp import _safe_reader
+    from lmtune.distributed.fsdp import _safe_reader
 
     marker = tmp_path / "code-ran"
 

@@ -1,6 +1,7 @@
-"""Process-level settings in lmtune.dist: oneDNN's primitive cache, heap trimming, launchers.
+"""Process-level settings in lmtune.runtime: oneDNN's primitive cache, heap trimming, threads,
+launchers; and that importing lmtune changes none of them.
 
-Each check runs in a fresh interpreter: both act on process-wide state.
+Each process-wide check runs in a fresh interpreter.
 """
 import os
 import subprocess
@@ -16,12 +17,39 @@ def run_python(code: str, **env: str) -> str:
     return out.stdout.strip()
 
 
-def test_onednn_cache_is_capped_unless_the_user_set_it():
-    code = "import os, lmtune.dist as d; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    from lmtune.dist import ONEDNN_CACHE
+def test_importing_lmtune_leaves_the_environment_and_threads_alone():
+    code = """
+import os, torch
+torch.set_num_threads(1)
+env = dict(os.environ)
+import lmtune, lmtune.cli, lmtune.train, lmtune.runtime, lmtune.distributed
+print(dict(os.environ) == env, torch.get_num_threads())
+"""
+    assert run_python(code) == "True 1"
+
+
+def test_a_command_caps_the_onednn_cache_unless_the_user_set_it():
+    code = """
+import os
+from lmtune.cli import main
+main(["predict", "no-such-run", "text"])  # fails on the input, after setting the runtime
+print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])
+"""
+    from lmtune.runtime import ONEDNN_CACHE
 
     assert run_python(code) == ONEDNN_CACHE
     assert run_python(code, ONEDNN_PRIMITIVE_CACHE_CAPACITY="64") == "64"
+
+
+def test_training_threads_are_scoped_to_the_run():
+    import torch
+
+    from lmtune.runtime import threads
+
+    before = torch.get_num_threads()
+    with threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
 
 
 # the resident set of the running process in MB, for the snippets below
@@ -38,7 +66,7 @@ def test_release_free_memory_returns_freed_heap_pages():
     # while a last block pins the top of the heap: glibc keeps the ~19 MB until trimmed.
     code = RSS + """
 import ctypes
-from lmtune.dist import release_free_memory
+from lmtune.runtime import release_free_memory
 malloc = ctypes.CDLL(None).malloc
 malloc.restype, free = ctypes.c_void_p, ctypes.CDLL(None).free
 free.argtypes = [ctypes.c_void_p]
@@ -63,7 +91,7 @@ def test_map_large_buffers_hands_a_freed_activation_back(mapped):
     map_large_buffers it has its own mapping and leaves RSS when freed."""
     code = RSS + f"""
 import torch
-from lmtune.dist import map_large_buffers
+from lmtune.runtime import map_large_buffers
 if {mapped}:
     assert map_large_buffers()
 x = torch.ones(2 ** 21)  # 8 MB: mapped apart (above the 128 KB default), then freed
@@ -81,7 +109,7 @@ print(before - rss())
 def test_accelerate_deepspeed_launch_is_refused_with_the_way_to_ask_for_it(monkeypatch):
     """`accelerate launch --use_deepspeed` would hand the step to accelerate's DeepSpeed
     set-up; lmtune says to use train.distributed=deepspeed instead."""
-    from lmtune.dist import make_accelerator
+    from lmtune.distributed import make_accelerator
     from lmtune.errors import LmtuneError
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -21,7 +22,6 @@ from lmtune.data.collate import Encoded, padded
 from lmtune.data.load import read_source
 from lmtune.data.packing import best_fit, padding_share
 from lmtune.data.readers import Table
-from lmtune.data.seq2seq import encode_seq2seq
 from lmtune.errors import LmtuneError
 
 SPLITS = ("train", "validation", "test")
@@ -36,9 +36,10 @@ class LMSplits:
     format: str
 
 
-def load_lm_splits(cfg: Config, train_table: Table | None = None,
+def load_lm_splits(cfg: Config, conversations: bool, train_table: Table | None = None,
                    test_only: bool = False) -> LMSplits:
-    """Read the splits; `test_only` (evaluation on `data.test`) reads nothing else."""
+    """Read the splits: conversations (`conversations`) or plain texts; `test_only`
+    (evaluation on `data.test`) reads nothing else."""
     data = cfg.data
     if test_only and data.test is not None:
         tables = {"test": _read_split(data.test, "test", cfg)}
@@ -59,7 +60,7 @@ def load_lm_splits(cfg: Config, train_table: Table | None = None,
     fmt = data.format
     if fmt == "auto":
         fmt = formats.detect_format(first, data.text_column, pair=pair)
-    if (cfg.task in ("sft", "seq2seq")) != (fmt != "text"):
+    if conversations != (fmt != "text"):
         raise LmtuneError(f"{first.source}: format {fmt!r} does not suit "
                           f"task={cfg.task} (sft and seq2seq take chat-style or source/"
                           "target rows; clm/mlm take text)")
@@ -143,26 +144,26 @@ class Report:
         return out
 
 
-def encode_lm(tokenizer, items: list, where: list[str], cfg: Config,
-              train: bool) -> tuple[Encoded, Report]:
-    """Tokenize one split; for the training split, enforce that every sample teaches."""
+def encode_lm(items: list, where: list[str], cfg: Config, train: bool,
+              tokenize: Callable[[object], list[templates.Tokenized]], causal: bool = True
+              ) -> tuple[Encoded, Report]:
+    """Tokenize one split with `tokenize` (an item → its rows); for the training split,
+    enforce that every sample teaches.
+
+    `causal`: a trained token teaches only where a token precedes it (next-token loss), and
+    each row's loss terms are counted in `units`; otherwise (masked LM) the masks are drawn
+    later and every trained token counts.
+    """
     data, max_length, report = cfg.data, cfg.train.max_length, Report()
     rows: list[templates.Tokenized] = []
     for item, loc in zip(items, where):
-        if cfg.task == "sft":
-            pieces = [templates.tokenize_conversation(tokenizer, item, data.train_on,
-                                                      max_length)]
-        else:
-            pieces = templates.tokenize_text(tokenizer, item, max_length,
-                                             add_eos=cfg.task == "clm")
-        for t in pieces:
+        for t in tokenize(item):
             report.samples += 1
             report.tokens += len(t.input_ids)
             report.truncated += t.truncated
             for role, n in t.role_tokens.items():
                 report.role_tokens[role] = report.role_tokens.get(role, 0) + n
-            learnable = any(t.trained[1:]) if cfg.task != "mlm" else any(t.trained)
-            if not learnable:
+            if not any(t.trained[1:] if causal else t.trained):
                 report.unlearnable += 1
                 if train and not data.drop_unlearnable:
                     raise LmtuneError(
@@ -171,16 +172,13 @@ def encode_lm(tokenizer, items: list, where: list[str], cfg: Config,
                         "raise train.max_length, or set data.drop_unlearnable=true")
                 report.dropped += 1
                 continue
-            report.trained_tokens += sum(t.trained[1:]) if cfg.task != "mlm" else 0
+            report.trained_tokens += sum(t.trained[1:]) if causal else 0
             rows.append(t)
     if not rows:
         raise LmtuneError(f"{where[0] if where else cfg.data.train}: no usable samples")
-    if cfg.task == "mlm":
-        report.note = (f"mlm: {data.mlm_probability:.0%} of the non-special tokens are "
-                       "masked anew each epoch and carry the loss")
     enc = Encoded([t.input_ids for t in rows], trained=[t.trained for t in rows])
     report.padding_unpacked = batch_padding(enc, cfg.train.batch_size)
-    if cfg.task != "mlm":
+    if causal:
         enc.units = [causal_units(t, [len(t)]) for t in enc.trained]
     return enc, report
 
@@ -238,64 +236,3 @@ def mlm_view(enc: Encoded, tokenizer, probability: float, seed: int) -> Encoded:
     out = Encoded(ids, trained=trained, targets=enc.input_ids)
     out.units = [sum(t) for t in trained]
     return out
-
-
-def encode_splits(tokenizer, splits: LMSplits, cfg: Config, decoder_start: int | None = None
-                  ) -> tuple[dict[str, Encoded], Report]:
-    """Tokenize every split; pack the training split when asked; mask MLM eval splits once.
-
-    seq2seq needs the model's `decoder_start` token id.
-    """
-    if cfg.task == "seq2seq":
-        return encode_seq2seq_splits(tokenizer, splits, cfg, decoder_start)
-    if cfg.task == "sft":
-        templates.check_template(tokenizer, cfg.model)
-    if cfg.task == "mlm" and tokenizer.mask_token_id is None:
-        raise LmtuneError(f"model {cfg.model}: its tokenizer has no mask token; task=mlm "
-                          "needs an encoder such as minilm")
-    data, report = {}, Report()
-    for name, items in splits.items.items():
-        enc, rep = encode_lm(tokenizer, items, splits.where[name], cfg, train=name == "train")
-        if name == "train":
-            report = rep
-            if cfg.data.packing:
-                enc = pack(enc, cfg.train.max_length, cfg.train.batch_size, report)
-        elif cfg.task == "mlm":  # a fixed masking, so validation losses compare across steps
-            enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
-        data[name] = enc
-    return data, report
-
-
-def encode_eval(tokenizer, items: list, where: list[str], cfg: Config,
-                decoder_start: int | None = None) -> Encoded:
-    """One evaluation split, tokenized as training tokenized its validation split."""
-    if cfg.task == "seq2seq":
-        return encode_seq2seq(tokenizer, items, where, cfg.train.max_length,
-                              _decoder_start(decoder_start, cfg), Report())
-    enc, _ = encode_lm(tokenizer, items, where, cfg, train=False)
-    if cfg.task == "mlm":
-        enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
-    return enc
-
-
-def encode_seq2seq_splits(tokenizer, splits: LMSplits, cfg: Config, decoder_start: int | None
-                          ) -> tuple[dict[str, Encoded], Report]:
-    start = _decoder_start(decoder_start, cfg)
-    data, report = {}, Report()
-    for name, items in splits.items.items():
-        rep = Report()
-        data[name] = encode_seq2seq(tokenizer, items, splits.where[name],
-                                    cfg.train.max_length, start, rep)
-        if name == "train":
-            report = rep
-            report.padding_unpacked = batch_padding(data[name], cfg.train.batch_size)
-            report.note = "seq2seq: every target token carries the loss; padding counts " \
-                          "the encoder side"
-    return data, report
-
-
-def _decoder_start(decoder_start: int | None, cfg: Config) -> int:
-    if decoder_start is None:
-        raise LmtuneError(f"model {cfg.model}: its config sets no decoder_start_token_id, "
-                          "which an encoder-decoder needs to start decoding")
-    return decoder_start

@@ -33,18 +33,18 @@ def save_model(model: nn.Module, tokenizer, path: Path,
 
 
 def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
-               attention: str = "sdpa", task: str = "classify", cache_dir: str = ""):
-    """(model, tokenizer) from a saved model dir; adapters are applied to their base model."""
+               attention: str = "sdpa", auto_class: str = "AutoModelForSequenceClassification",
+               cache_dir: str = ""):
+    """(model, tokenizer) from a saved model dir, loaded with transformers' `auto_class`;
+    adapters are applied to their base model."""
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
-                              AutoModelForSeq2SeqLM, AutoModelForSequenceClassification)
+    import transformers
+    from transformers import AutoConfig
 
     if not (model_dir / "config.json").exists():
         raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
                           "run finish?")
-    cls = {"classify": AutoModelForSequenceClassification,
-           "mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
-        task, AutoModelForCausalLM)
+    cls = getattr(transformers, auto_class)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
     kwargs = dict(trust_remote_code=trust_remote_code, attn_implementation=attention,
                   dtype=torch.float32)

@@ -86,49 +86,43 @@ def load_tokenizer(path: str, trust_remote_code: bool):
         path, trust_remote_code=trust_remote_code))
 
 
-def attention_impl(requested: str, device: str, task: str = "classify") -> str:
-    """`auto`: eager for encoders and encoder-decoders on CPU, sdpa elsewhere.
+def attention_impl(requested: str, device: str, eager_on_cpu: bool = False) -> str:
+    """`auto`: eager on CPU where the task says it is faster (encoders, encoder-decoders),
+    sdpa elsewhere.
 
     On CPU, sdpa's backward made a MiniLM step (batch 32 x 32 tokens) 1.33x slower than eager,
-    and minilm2minilm on aclsum (8 rows of about 210 tokens) ran 1,659 vs 1,503 tokens/s
-    (eager vs sdpa, 16 steps, two runs each); for SmolLM2 on 512-token packed rows sdpa was
-    faster (214 vs 199 tokens/s) and lighter (3.4 vs 4.2 GB peak), as eager keeps every
-    layer's attention matrix for the backward.
+    and minilm2minilm on aclsum ran faster with eager too; for SmolLM2 on 512-token packed
+    rows sdpa was faster and lighter, as eager keeps every layer's attention matrix for the
+    backward (BENCHMARKS.md).
     """
     if requested != "auto":
         return requested
-    return "eager" if device == "cpu" and task in ("classify", "mlm", "seq2seq") else "sdpa"
+    return "eager" if device == "cpu" and eager_on_cpu else "sdpa"
+
+
+def load_pretrained(auto_class: str, path: str, trust_remote_code: bool, attention: str,
+                    dtype: str = "float32", **kwargs):
+    """`transformers.<auto_class>.from_pretrained(path)`: the class a task trains (sequence
+    classifier, causal LM, masked LM, encoder-decoder), in `dtype` (fp32 master weights:
+    bf16 runs under autocast; "auto" would keep a hub model's bf16)."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, auto_class)
+    return _hub_call(path, lambda: cls.from_pretrained(
+        path, trust_remote_code=trust_remote_code, attn_implementation=attention,
+        dtype=getattr(torch, dtype), **kwargs))
 
 
 def load_classifier(path: str, label_names: list[str], trust_remote_code: bool,
                     attention: str = "sdpa"):
-    """`AutoModelForSequenceClassification` with the label map stored in its config."""
-    from transformers import AutoModelForSequenceClassification
-
+    """`AutoModelForSequenceClassification` with the label map stored in its config and a
+    new head."""
     id2label = dict(enumerate(label_names))
-    label2id = {name: i for i, name in id2label.items()}
-    return _hub_call(path, lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-        trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-        attn_implementation=attention))
-
-
-def load_model(task: str, path: str, label_names: list[str] | None, trust_remote_code: bool,
-               attention: str):
-    """The model class each task trains: sequence classifier, causal LM, masked LM or
-    encoder-decoder."""
-    if task == "classify":
-        return load_classifier(path, label_names or [], trust_remote_code, attention)
-    import torch
-    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM,
-                              AutoModelForSeq2SeqLM)
-
-    cls = {"mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
-        task, AutoModelForCausalLM)
-    # fp32 master weights (bf16 runs under autocast); "auto" would keep a hub model's bf16
-    return _hub_call(path, lambda: cls.from_pretrained(
-        path, trust_remote_code=trust_remote_code, attn_implementation=attention,
-        dtype=torch.float32))
+    return load_pretrained("AutoModelForSequenceClassification", path, trust_remote_code,
+                           attention, num_labels=len(label_names), id2label=id2label,
+                           label2id={name: i for i, name in id2label.items()},
+                           ignore_mismatched_sizes=True)
 
 
 def _hub_call(path: str, fn):

@@ -1,4 +1,9 @@
-"""Batched, streaming evaluation: memory stays flat however large the test set is."""
+"""Batched, streaming evaluation passes: memory stays flat however large the test set is.
+
+    evaluate_classifier  loss, accuracy, macro-F1, per class, confusion matrix
+    evaluate_loss        token loss and perplexity, for any task's `loss_sum`
+    predict_proba        class probabilities in input order
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lmtune import dist
+from lmtune import runtime
+from lmtune.distributed import rank_share
 from lmtune.data.collate import Encoded, collate, eval_batches
 from lmtune.eval.metrics import add_to_confusion, classification_metrics
 
@@ -43,7 +49,7 @@ def _new_shape_trims(last: torch.Size | None, shape: torch.Size) -> torch.Size:
     at each change of shape it is a handful of calls, with no cost that could be measured.
     """
     if shape != last:
-        dist.release_free_memory()
+        runtime.release_free_memory()
     return shape
 
 
@@ -76,7 +82,7 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
         with torch.inference_mode():
             shape = None
             batches = batches_of(data, batch_size, model)
-            for idx, counts in dist.rank_share(batches, ranks):
+            for idx, counts in rank_share(batches, ranks):
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 with autocast():
@@ -90,15 +96,16 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
         bar.close()
 
 
-def evaluate(model, data: Encoded, label_names: list[str], batch_size: int, pad_id: int,
-             autocast=contextlib.nullcontext, progress: bool = False,
-             probs: torch.Tensor | None = None, ranks: tuple[int, int] | None = None) -> dict:
+def evaluate_classifier(model, data: Encoded, label_names: list[str], batch_size: int,
+                        pad_id: int, autocast=contextlib.nullcontext, progress: bool = False,
+                        probs: torch.Tensor | None = None,
+                        ranks: tuple[int, int] | None = None) -> dict:
     """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`; with
     `probs` ([N, C]), also each row's class probabilities, in input order, from the same
     forward pass. With `ranks` (rank, world), each rank runs its share of the batches and
     the sums are added up over the ranks (a collective)."""
     if probs is not None and ranks is not None:
-        raise ValueError("evaluate: probs are filled by one process; ranks must be None")
+        raise ValueError("evaluate_classifier: probs are filled by one process; ranks must be None")
     k = len(label_names)
     m = [[0] * k for _ in label_names]
     loss_sum = 0.0
@@ -129,28 +136,29 @@ def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
     return probs
 
 
-def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: int,
-                autocast=contextlib.nullcontext, progress: bool = False,
-                ranks: tuple[int, int] | None = None) -> dict:
-    """Token-level loss and perplexity (causal: next token; mlm: masked tokens), streamed:
-    only running sums are kept, never logits. `ranks` as in `evaluate`."""
-    from lmtune.objectives import loss_sum, make_batch
+def evaluate_loss(model, data: Encoded, make_batch, loss_sum, how) -> dict:
+    """Token-level loss and perplexity (causal: next token; mlm: masked tokens; seq2seq:
+    target tokens), streamed: only running sums are kept, never logits.
 
+    `make_batch(data, idx, pad_id, device)` and `loss_sum(model, batch, autocast)` are the
+    task's; `how` (a `tasks.EvalSettings`) gives batch size, padding, precision and the ranks
+    that share the pass (each runs its share of the batches and the sums are added up).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, units, shape = 0.0, 0, None
-    bar = eval_bar(len(data), progress)
+    bar = eval_bar(len(data), how.progress)
     try:
         with torch.inference_mode():
             # A token budget keeps the [kept positions, vocabulary] logits of a batch small:
             # with a 49k vocabulary, 128 long rows would need gigabytes. It counts encoder
             # and decoder tokens together (seq2seq): the logits are the decoder's.
-            batches = batches_of(data, batch_size, model)
-            for idx, counts in dist.rank_share(batches, ranks):
-                batch = make_batch(objective, data, idx, pad_id, device)
+            batches = batches_of(data, how.batch_size, model)
+            for idx, counts in rank_share(batches, how.ranks):
+                batch = make_batch(data, idx, how.pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
-                value = loss_sum(objective, model, batch, autocast).item()
+                value = loss_sum(model, batch, how.autocast).item()
                 if counts:
                     total += value
                     units += data.count_units(idx)
@@ -158,7 +166,7 @@ def evaluate_lm(model, data: Encoded, objective: str, batch_size: int, pad_id: i
     finally:
         model.train(was_training)
         bar.close()
-    total, units = _sum_over_ranks([total, units], device, ranks)
+    total, units = _sum_over_ranks([total, units], device, how.ranks)
     units = round(units)
     loss = total / max(1, units)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": units,

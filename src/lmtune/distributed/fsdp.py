@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmtune.distributed.base import Sharded
 from lmtune.errors import LmtuneError
 
 
@@ -193,12 +194,22 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-class Fsdp:
-    """A sharded model and its optimizer, with the state helpers the loop needs (the same
-    as `zero.Zero`'s). All but `trainable_state` and `load_trainable` are collectives."""
+class Fsdp(Sharded):
+    """`train.distributed=fsdp`: the model sharded before the optimizer is built; accelerate
+    keeps the process group, device, reductions and barriers."""
 
-    def __init__(self, model: nn.Module, optimizer) -> None:
-        self.module, self.optimizer = model, optimizer
+    name = "fsdp"
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        return shard_model(model, self.device, self.world, self.precision)
+
+    def wrap(self, model: nn.Module, optimizer) -> nn.Module:
+        self.model, self.optimizer = model, optimizer
+        return model
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.module)
@@ -206,10 +217,10 @@ class Fsdp:
     def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
         load_trainable(self.module, state)
 
-    def save(self, best: dict | None, path: Path) -> None:
+    def save_shards(self, best: dict | None, path: Path) -> None:
         save_shards(self.module, self.optimizer, best, path)
 
-    def load(self, path: Path) -> dict | None:
+    def load_shards(self, path: Path) -> dict | None:
         return load_shards(self.module, self.optimizer, path)
 
     def full_state(self) -> dict[str, torch.Tensor]:

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from lmtune.errors import LmtuneError
-from lmtune.models.methods import trainable_state as local_trainable_state
+from lmtune.distributed.base import Sharded
+from lmtune.models.params import trainable_state as local_trainable_state
 
 TAG = "zero"  # the one tag under shards/: lmtune's step dirs already name the step
 
@@ -92,18 +93,27 @@ def engine_config(tc, stage: int, bf16: bool) -> dict:
     }
 
 
-class Zero:
+class Zero(Sharded):
     """A model and optimizer under one DeepSpeed engine, with the state helpers the loop
     needs: best weights, checkpoints and the final save. All but `trainable_state` are
     collectives (every rank calls them, in the same order)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, tc, stage: int,
-                 backend: str, bf16: bool):
+    def __init__(self, accelerator, tc, precision: str):
+        super().__init__(accelerator, tc, precision)
+        self.stage = tc.zero_stage
+        self.name = f"deepspeed-zero{self.stage}"
+        self.engine = None
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+        """The engine runs the model; its `step()` updates."""
         deepspeed = _deepspeed()
-        deepspeed.init_distributed(dist_backend=backend)  # keeps the group accelerate made
-        self.stage = stage
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                               config=engine_config(tc, stage, bf16))
+        # keeps the process group accelerate made
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer,
+            config=engine_config(self.tc, self.stage, self.precision == "bf16"))
+        self.model, self.optimizer = self.engine, optimizer
+        return self.engine
 
     @property
     def module(self) -> nn.Module:
@@ -113,7 +123,8 @@ class Zero:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> None:
-        """Reduce (stage 1), clip, update: the end of one optimizer step on every rank."""
+        """Reduce (stage 1), clip, update: the end of one optimizer step on every rank.
+        ZeRO averages over ranks as DDP does."""
         self.engine.step()
 
     # ------------------------------------------------------------------ best weights
@@ -146,7 +157,7 @@ class Zero:
 
     # ------------------------------------------------------------------- checkpoints
 
-    def save(self, best: dict | None, path: Path) -> None:
+    def save_shards(self, best: dict | None, path: Path) -> None:
         """Every rank writes its partition of weights and AdamW state into `path`, and the
         best weights where `_best_file` says."""
         from safetensors.torch import save_file
@@ -163,7 +174,7 @@ class Zero:
         rank = torch.distributed.get_rank() if self.stage == 3 else 0
         return path / f"best-{rank}.safetensors"
 
-    def load(self, path: Path) -> dict | None:
+    def load_shards(self, path: Path) -> dict | None:
         """Read `save`'s checkpoint back into the engine; returns this rank's best weights,
         or None."""
         from safetensors.torch import load_file

@@ -1,8 +1,8 @@
-"""Device, precision and accelerate set-up; rank helpers; process-wide memory settings.
+"""The runtime a command sets up: device, precision, autocast, threads, seeding, allocator.
 
-Importing this module caps oneDNN's primitive cache (below); `release_free_memory` hands
-glibc's free heap pages back to the OS, and `map_large_buffers` (opt-in) makes glibc map large
-blocks apart. They are measured in bench/eval_memory.py and bench/classify.py.
+Nothing here runs on import: importing lmtune changes nothing process-wide, so a server or a
+notebook can import it safely. Commands apply the process-wide settings (`configure_process`);
+the Python API scopes what it changes (`threads` restores torch's thread count).
 
 bf16 autocast is used where the hardware runs bf16 matmuls natively (CUDA with bf16, CPUs
 with avx512_bf16 or AMX); elsewhere fp32. fp16 is not offered: no CPU runs it fast, and it
@@ -11,22 +11,27 @@ needs loss scaling that bf16 does not.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from functools import lru_cache
 
 import torch
 
-from lmtune.errors import LmtuneError
-
 # oneDNN caches a compiled primitive for every matmul shape it meets, up to 1,024, and each
 # cached bf16 primitive keeps megabytes of buffers alive. Dynamic padding meets dozens of
 # shapes, so the cache alone grew RSS by about 100 MB in MiniLM training and by 1-5 MB per new
 # batch shape in evaluation. 16 keeps one step's primitives hot at the same speed
-# (bench/classify.py; BENCHMARKS.md). oneDNN reads the variable when it builds its first
-# primitive, so it must be set before any matmul runs; a value the user set wins.
+# (bench/classify.py; BENCHMARKS.md).
 ONEDNN_CACHE = "16"
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
+
+
+def configure_process() -> None:
+    """Process-wide settings for an lmtune command (the CLI calls this first thing).
+
+    oneDNN reads its cache size when it builds its first primitive, so this must run before
+    any matmul; a value the user set wins. A library user who wants the same sets
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY before importing torch, or calls this.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
 
 
 @lru_cache(maxsize=1)
@@ -113,43 +118,22 @@ def autocast(precision: str, device: str | None = None):
     return torch.autocast(device_type=device or device_type(), dtype=torch.bfloat16)
 
 
-def make_accelerator():
-    """An `accelerate.Accelerator`: works alone, under `accelerate launch` and torchrun.
-
-    accelerate's own DeepSpeed set-up (`accelerate launch --use_deepspeed`, or a config with
-    `distributed_type: DEEPSPEED`) would take over the step and needs its own batch settings;
-    lmtune runs DeepSpeed itself, so that launch is refused with the way to ask for it."""
-    from accelerate import Accelerator
-
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise LmtuneError("accelerate was launched with DeepSpeed; lmtune drives DeepSpeed "
-                          "itself: launch without accelerate's DeepSpeed options and set "
-                          "train.distributed=deepspeed (train.zero_stage=1|2|3)")
-    return Accelerator(cpu=device_type() == "cpu")
+def default_threads() -> int:
+    """One torch thread per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
 
 
-def rank_share(items: list, ranks: tuple[int, int] | None) -> list[tuple[object, bool]]:
-    """This rank's share of `items`: (item, counts) for every `world`-th one from `rank`.
-
-    Under FSDP and ZeRO-3 a forward is a collective, so every rank must run as many batches
-    (or `generate` calls): a rank with one item fewer takes the first again, uncounted.
-    `ranks` None: one process, all of them.
-    """
-    if ranks is None:
-        return [(x, True) for x in items]
-    rank, world = ranks
-    mine = [(x, True) for x in items[rank::world]]
-    extra = math.ceil(len(items) / world) - len(mine)
-    return mine + [(items[0], False)] * extra if extra else mine
-
-
-def set_threads(threads: int) -> int:
-    """Use one torch thread per available core unless told otherwise; returns the count."""
-    if not threads:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    return threads
+@contextlib.contextmanager
+def threads(count: int):
+    """Run the block with `count` torch threads (0: one per available core), then restore
+    the caller's setting: a notebook that trains keeps its own thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count or default_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> None:
@@ -160,3 +144,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory in MB: peak allocated on a GPU, peak RSS on a CPU (what
+    `/usr/bin/time -f %M` reports)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux

@@ -1,0 +1,125 @@
+"""What every task declares. A task is one small object; everything outside `tasks/` asks it
+instead of comparing task names.
+
+    read      config (+ in-memory table) → raw splits, validated with file:line errors
+    model     the transformers Auto class, the peft task type, attention on CPU
+    encode    raw splits → tokens + loss masks (`Encoded` per split) and a data report
+    collate   rows of `Encoded` → a padded batch of tensors
+    loss_sum  the batch's loss as a sum over its units (samples, trained tokens)
+    evaluate  metrics of one split; `headline` says which are worth a log row
+    generate  how prompts are built for decoding (`decode_kind`), which validation rows are
+              generated from (`prompts`)
+    check     the config checks that only this task knows
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lmtune.config import GENERATION_METRICS, Config, ConfigError
+from lmtune.data.collate import Encoded
+
+
+@dataclass
+class EvalSettings:
+    """How one evaluation pass runs: batches, padding, precision, and the ranks that share
+    it (None: one process)."""
+
+    batch_size: int
+    pad_id: int
+    autocast: Callable = contextlib.nullcontext
+    ranks: tuple[int, int] | None = None
+    progress: bool = False
+    label_names: list[str] | None = None  # tasks that predict labels
+
+
+class Task:
+    name = ""
+    model_class = "AutoModelForCausalLM"  # the transformers Auto class it trains
+    peft_type: str | None = None  # peft's TaskType name, for adapters
+    conversations = False  # reads chat-style or source/target rows (else plain text)
+    decodes = False  # its models generate text (`lmtune generate`, pipeline)
+    generates = False  # validation and `lmtune eval` score generated text
+    labels = False  # predicts class labels
+    eager_on_cpu = False  # attention=auto: eager on CPU (faster for encoders), else sdpa
+    default_metric = "loss"  # the validation metric that picks the best model
+    metrics: tuple[str, ...] = ("loss",)  # what eval.metric may name
+    headline: tuple[str, ...] = ("loss", "perplexity")  # metrics worth a log row
+    architectures: tuple[str, ...] = ()  # architecture-name endings of models made for it
+    packs = False  # can pack several samples into one row (data.packing)
+
+    def check(self, cfg: Config) -> None:
+        """Config checks only this task knows; raise ConfigError(key, message)."""
+        if cfg.eval.metric not in ("auto", *self.metrics):
+            hint = "score generated text: task=sft or seq2seq" \
+                if cfg.eval.metric in GENERATION_METRICS else f"do not suit task={self.name}"
+            raise ConfigError("eval.metric", f"{cfg.eval.metric} {hint}; task={self.name} "
+                              f"selects by {', '.join(self.metrics)}")
+        if cfg.eval.metric in GENERATION_METRICS and not cfg.eval.generate_samples:
+            raise ConfigError("eval.metric", f"{cfg.eval.metric} needs generation during "
+                              "training: set eval.generate_samples > 0")
+        if cfg.data.packing and not self.packs:
+            raise ConfigError("data.packing", f"task={self.name} does not pack")
+
+    # --------------------------------------------------------------------- data
+
+    def read(self, cfg: Config, train_table=None, test_only: bool = False):
+        """The raw splits the config names (`test_only`: only the test split)."""
+        raise NotImplementedError
+
+    def label_names(self, raw) -> list[str] | None:
+        return None
+
+    def model_kwargs(self, raw) -> dict:
+        """Extra `from_pretrained` arguments the data decides (a classifier's labels)."""
+        return {}
+
+    def encode(self, cfg: Config, tokenizer, raw, model_config) -> tuple[dict[str, Encoded],
+                                                                         object | None]:
+        """Tokenize every split once: ({split: Encoded}, a data report (`data.lm.Report`:
+        what the loss will see) or None)."""
+        raise NotImplementedError
+
+    def encode_split(self, cfg: Config, tokenizer, items: list, where: list[str],
+                     model_config, train: bool) -> tuple[Encoded, object]:
+        """Tokenize one split's items (`where`: their file:line), as `encode` does; a
+        training split must teach in every row. Returns (Encoded, its data report)."""
+        raise NotImplementedError
+
+    def train_view(self, data: Encoded, cfg: Config, tokenizer, epoch: int) -> Encoded:
+        """The training rows of `epoch` (a task may vary them per epoch, seeded)."""
+        return data
+
+    def prompts(self, raw, cfg: Config) -> list | None:
+        """Validation conversations to generate from during training (None: none)."""
+        return None
+
+    def decode_kind(self, tokenizer) -> str | None:
+        """How prompts are built for decoding: chat, text or seq2seq (None: no decoding)."""
+        return None
+
+    # ---------------------------------------------------------------- the loss
+
+    def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, data: Encoded, idx: list[int], pad_id: int, device
+              ) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in self.collate(data, idx, pad_id).items()}
+
+    def loss_sum(self, model, batch: dict[str, torch.Tensor], autocast) -> torch.Tensor:
+        """The summed loss of `batch` (fp32), over its units.
+
+        Sums, not means: the loop divides by the units of the whole effective batch (all
+        micro-batches, all ranks), so accumulation and data parallelism give the gradient of
+        one big batch."""
+        raise NotImplementedError
+
+    def evaluate(self, model, data: Encoded, how: EvalSettings) -> dict:
+        """Metrics of one encoded split: token loss and perplexity unless overridden."""
+        from lmtune.eval.batched import evaluate_loss
+
+        return evaluate_loss(model, data, self.batch, self.loss_sum, how)
