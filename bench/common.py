@@ -30,10 +30,22 @@ def step_clock():
     return Clock()
 
 
-# Importing lmtune caps oneDNN's primitive cache (lmtune.dist). The peers' children import
-# lmtune for its data and model helpers, so they pin oneDNN's own default back: a peer is
-# measured as its users run it.
+# lmtune's children set up the process as an `lmtune` command does (`as_lmtune_command`:
+# oneDNN's primitive cache capped). The peers' children pin oneDNN's own default, so a peer is
+# measured as its users run it whatever this process's environment holds.
 PEER_ENV = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}
+
+
+def as_lmtune_command() -> None:
+    """The process-wide runtime an `lmtune` command sets before any work (lmtune's children
+    run the loop in process, not through the CLI): oneDNN's cache cap, one torch thread per
+    core."""
+    import torch
+
+    from lmtune import runtime
+
+    runtime.configure_process()
+    torch.set_num_threads(runtime.default_threads())
 
 
 def spawn(script: str, kind: str, args: list[str], env: dict[str, str] | None = None) -> dict:

@@ -15,8 +15,10 @@ TARGET_ACCURACY, TARGET_SECONDS = 0.84, 180.0
 
 def main() -> int:
     from lmtune.config import load_config
+    from lmtune.runtime import configure_process
     from lmtune.train import train
 
+    configure_process()  # as `lmtune train` does
     out = tempfile.mkdtemp(prefix="lmtune-demo-")
     result = train(load_config(None, [f"output_dir={out}/run"]), progress=False)
     accuracy, seconds = result.test["accuracy"], result.train_seconds

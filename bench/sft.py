@@ -18,7 +18,7 @@ import argparse
 import json
 import statistics
 
-from common import PEER_ENV, best_precision, peak_rss_mb, step_clock
+from common import PEER_ENV, as_lmtune_command, best_precision, peak_rss_mb, step_clock
 from common import spawn as common_spawn
 
 LR, MAX_LENGTH, WARMUP_STEPS = 5e-4, 512, 2
@@ -36,6 +36,7 @@ def run_lmtune(steps: int, rows: int, extra: list[str] = ()) -> dict:
     from lmtune.prepare import prepare
     from lmtune.train import fit
 
+    as_lmtune_command()
     out = tempfile.mkdtemp()
     cfg = load_config(None, [
         "task=sft", "model=smollm2", "method=lora", "data.train=aclsum", "data.packing=true",

@@ -24,8 +24,8 @@ def _config_keys_help() -> str:
 
 
 LOW_MEMORY_HELP = ("give each large buffer its own memory mapping: peak memory set by the "
-                   "largest batch, flat in the number of rows (8-20%% lower for MiniLM), at "
-                   "1.1-1.8x the time (most with fast bf16 forwards; glibc)")
+                   "largest batch, flat in the number of rows, at the cost of page faults "
+                   "(slower, most with fast bf16 forwards; glibc)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,9 +114,9 @@ class TrainConfig:
     log_every: int = opt(10, "write a metrics.jsonl row every N optimizer steps")
     threads: int = opt(0, "CPU threads for torch (0: one per physical core)")
     dropout: float | None = opt(0.0, "set every dropout probability of the model (0: off; "
-                                "null: the model's own). Off by default: MiniLM steps ran "
-                                "13-17% faster on this CPU, where drawing masks took 15% of "
-                                "the step, and the default job scored higher")
+                                "null: the model's own). Off by default: drawing the masks "
+                                "is a large share of a small model's CPU step, and the "
+                                "default job scored higher without them")
     gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the "
                                        "backward: less memory, slower steps")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
@@ -223,7 +223,7 @@ class Config:
     cache_dir: str = opt("", "where converted models are kept (empty: $XDG_CACHE_HOME/lmtune "
                          "or ~/.cache/lmtune)")
     attention: str = opt("auto", "attention implementation: auto (eager for encoders and "
-                         "encoder-decoders on CPU, where it trains MiniLM 1.3x faster; sdpa "
+                         "encoder-decoders on CPU, where sdpa's backward is slower; sdpa "
                          "otherwise), eager, sdpa")
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

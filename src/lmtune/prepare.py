@@ -21,7 +21,7 @@ from lmtune.data.collate import Encoded
 from lmtune.data.readers import Table
 from lmtune.distributed import Strategy, make_strategy
 from lmtune.errors import LmtuneError
-from lmtune.methods import apply_method, get_method
+from lmtune.methods import Method, apply_method, get_method
 from lmtune.models.load import attention_impl, load_pretrained, load_tokenizer, resolve_model
 from lmtune.models.params import hold_frozen_linears_in_bf16, set_dropout
 from lmtune.optim import build_optimizer, build_scheduler
@@ -48,6 +48,10 @@ class Setup:
     resumed: checkpoint.Loaded | None = None
     report: dict | None = None  # sft/clm/mlm/seq2seq: what the loss sees (data_report.json)
     prompts: list | None = None  # validation conversations to generate from
+
+    @property
+    def method(self) -> Method:
+        return get_method(self.cfg.method)
 
     @property
     def pad_id(self) -> int:

@@ -6,8 +6,9 @@ import pytest
 from lmtune.cli import main
 from lmtune.data.formats import Message
 from lmtune.data.templates import end_of_turn_ids
-from lmtune.infer.generate import Generator
 from lmtune import pipeline
+from lmtune.config import GenerateConfig
+from lmtune.infer.generate import Generator
 from tests.conftest import chat_rows
 
 
@@ -34,6 +35,21 @@ def test_batched_generation_equals_one_prompt_at_a_time(sft_run):
     alone = [gen(p) for p in PROMPTS]
     assert together == alone  # left padding changes nothing
     assert pipeline(sft_run, precision="fp32")(PROMPTS[0]) == together[0]
+
+
+def test_streamed_greedy_output_equals_the_whole_answer(sft_run):
+    """Pieces arrive one by one and join to exactly what `generate` returns: with the
+    end-of-turn stop, with a stop string cut mid-answer, with a random untrained model's
+    run-on text, and for an empty answer."""
+    gen = Generator(sft_run, precision="fp32")
+    for settings in (None, GenerateConfig(stop=["park"]), GenerateConfig(stop=[" "]),
+                     GenerateConfig(max_new_tokens=5)):
+        for prompt in PROMPTS:
+            conv = [Message("user", prompt)]
+            pieces = list(gen.stream(conv, settings))
+            want = gen.generate([conv], settings)[0]
+            assert "".join(pieces) == want, (settings, prompt, pieces)
+            assert len(pieces) > 1 or len(want.split()) <= 1  # streamed, not all at once
 
 
 def test_generation_uses_the_training_template_and_stops_at_end_of_turn(sft_run):

@@ -18,6 +18,7 @@ from lmtune.prepare import prepare
 from lmtune.train import evaluate_split, finish, fit
 from tests.conftest import (CHAT_WORDS, metric_rows, sentiment_rows, train_tracked,
                             write_csv)
+from tests.methods import case, names
 
 SFT = ["task=sft", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
        "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "train.max_length=64"]
@@ -27,13 +28,11 @@ def train_losses(run_dir):
     return [r["loss"] for r in metric_rows(run_dir) if "lr" in r]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", names())
 def test_sft_learns_and_writes_a_complete_run_dir(tiny_llama, chat_jsonl, tmp_path, method):
     out = tmp_path / "run"
     cfg = load_config(None, [*SFT, f"model={tiny_llama}", f"data.train={chat_jsonl}",
-                             f"output_dir={out}", f"method={method}", "train.epochs=4",
-                             "lora.r=8", "lora.dropout=0",
-                             f"train.lr={1e-2 if method == 'lora' else 3e-3}"])
+                             f"output_dir={out}", "train.epochs=4", *case(method).config()])
     s, result, base, unchanged = train_tracked(cfg)
     assert not unchanged  # every trainable tensor moved
     # LoRA on a frozen *random* base learns slowly; on a real model it is another story
@@ -47,7 +46,8 @@ def test_sft_learns_and_writes_a_complete_run_dir(tiny_llama, chat_jsonl, tmp_pa
     assert report["samples"] == len(s.data["train"]) and report["unlearnable"] == 0
     assert 0 < report["trained_tokens"] < report["tokens"]
     assert report["role_tokens"]["assistant"] > 0 and report["role_tokens"]["user"] > 0
-    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    weights = "adapter_model.safetensors" if case(method).method.adapter \
+        else "model.safetensors"
     assert (out / "model" / weights).exists() and (out / "model" / "chat_template.jinja").exists()
     assert json.loads((out / "eval.json").read_text())["test"]["loss"] == result.test["loss"]
 
@@ -173,34 +173,7 @@ def test_mlm_then_classification_from_its_output(tiny_bert, tmp_path):
     assert json.loads((tmp_path / "clf" / "eval.json").read_text())["test"]["accuracy"] >= 0
 
 
-@pytest.mark.parametrize("method", ["lora", "freeze"])
-def test_frozen_linears_held_in_bf16_change_no_number_under_autocast(tiny_llama, method):
-    from transformers import AutoModelForCausalLM
-
-    from lmtune.methods import apply_method
-    from lmtune.models.params import hold_frozen_linears_in_bf16
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    model = apply_method(model, load_config(None, ["task=sft", f"method={method}",
-                                                   "freeze.layers=1", "lora.dropout=0"]),
-                         get_task("sft"))
-    with torch.no_grad():  # a trained adapter, not the zero-initialized one
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    model.eval()
-    ids = torch.randint(5, 290, (2, 24))
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    with torch.no_grad(), autocast():
-        want = model(input_ids=ids).logits.float()
-    assert hold_frozen_linears_in_bf16(model) > 0
-    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
-    with torch.no_grad(), autocast():
-        got = model(input_ids=ids).logits.float()
-    assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", names())
 def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, chat_jsonl, tmp_path,
                                                         method):
     common = [*SFT, f"model={tiny_llama}", f"data.train={chat_jsonl}", "train.max_steps=3",
@@ -208,7 +181,8 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, chat_jsonl, 
     for name, gc in (("plain", "false"), ("gc", "true")):
         assert main(["train", "--quiet", *common, f"train.gradient_checkpointing={gc}",
                      f"output_dir={tmp_path / name}"]) == 0
-    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    weights = "adapter_model.safetensors" if case(method).method.adapter \
+        else "model.safetensors"
     a = load_file(tmp_path / "plain" / "model" / weights)
     b = load_file(tmp_path / "gc" / "model" / weights)
     assert a.keys() == b.keys()

@@ -12,6 +12,7 @@ from lmtune.errors import LmtuneError
 from lmtune.infer.predict import Predictor
 from lmtune.models.load import load_classifier, resolve_model
 from lmtune.train import train
+from tests.methods import case, names
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def rt_subset():
     return from_lists({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", names())
 def test_minilm_trains_saves_and_reloads(rt_subset, tmp_path, method):
     cfg = load_config(None, [f"method={method}", f"output_dir={tmp_path}/run",
                              "train.max_steps=6", "train.batch_size=16", "train.threads=1",
@@ -33,7 +34,7 @@ def test_minilm_trains_saves_and_reloads(rt_subset, tmp_path, method):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert result.test is not None and 0 <= result.test["accuracy"] <= 1
     model_dir = tmp_path / "run" / "model"
-    if method == "lora":
+    if case(method).method.adapter:
         assert (model_dir / "adapter_model.safetensors").exists()
         assert json.loads((model_dir / "adapter_config.json").read_text())["r"] == 16
     else:

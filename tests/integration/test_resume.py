@@ -1,7 +1,6 @@
 """Resume is exact: a run stopped anywhere (crash, SIGKILL, SIGTERM), then resumed, ends with
 the same weights and the same per-step losses as a run never stopped. The tiny model has
 dropout, so the RNG streams must come back too."""
-import importlib
 import json
 import os
 import random
@@ -16,8 +15,6 @@ from safetensors.torch import load_file
 
 from lmtune.cli import main
 from tests.conftest import sentiment_rows, write_csv
-
-loop = importlib.import_module("lmtune.train")  # `lmtune.train` is also a function's name
 
 # 192 train rows, micro-batch 8: 24 micro-batches per epoch. eval_every and checkpoint_every
 # are not multiples of each other, so checkpoints fall between evaluations too.
@@ -66,16 +63,18 @@ def reference(tiny_bert_dropout, sentiment_csv, tmp_path, extra):
 
 def break_at(monkeypatch, call: int, action):
     """Run `action` when the loop builds its `call`-th micro-batch (1-based)."""
-    calls = {"n": 0}
-    real = loop.make_batch
+    from lmtune.tasks import Task
 
-    def make_batch(*args, **kwargs):
+    calls = {"n": 0}
+    real = Task.batch
+
+    def batch(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "make_batch", make_batch)
+    monkeypatch.setattr(Task, "batch", batch)
 
 
 class Crash(Exception):

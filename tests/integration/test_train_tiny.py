@@ -10,6 +10,7 @@ from lmtune.infer.predict import Predictor
 from lmtune.models.params import count_parameters
 from lmtune.prepare import prepare
 from lmtune.train import finish, fit
+from tests.methods import names
 
 
 def run(overrides, extra=()):
@@ -37,7 +38,7 @@ def test_full_fine_tune_end_to_end(tiny_overrides, tmp_path):
     assert sum(curve[-3:]) / 3 < 0.5 * sum(curve[:3]) / 3  # the loss falls
     assert result.test["accuracy"] >= 0.9  # one sentiment word decides: learnable
     assert sorted(p.name for p in out.iterdir()) == \
-        ["checkpoints", "config.yaml", "eval.json", "metrics.jsonl", "model"]
+        ["checkpoints", "config.yaml", "eval.json", "metrics.jsonl", "model", "summary.json"]
     # 4 epoch ends, keep_checkpoints=1: the last one, plus the best one
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
         sorted({f"step-{result.best['step']:06d}", f"step-{result.steps:06d}"})
@@ -52,7 +53,7 @@ def test_full_fine_tune_end_to_end(tiny_overrides, tmp_path):
     assert sum(map(sum, ev["confusion_matrix"])) == len(s.data["test"])
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "freeze"])
+@pytest.mark.parametrize("method", names())
 def test_save_load_predict_round_trip_is_exact(tiny_overrides, tmp_path, method):
     s, result, _, _ = run(tiny_overrides, [f"method={method}", "train.epochs=1",
                                            "lora.r=4", "freeze.layers=1"])
@@ -119,7 +120,7 @@ def test_trainable_count(tiny_overrides):
     assert 0 < trainable < total
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", names())
 def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment_csv, tmp_path,
                                                     method):
     """With train.dropout=0 (the default) a training-mode forward is deterministic; with the
@@ -145,3 +146,68 @@ def test_train_dropout_zero_turns_off_every_dropout(tiny_bert_dropout, sentiment
     # (LoRA's B starts at zero, so its own dropout cannot show in a forward at init)
     assert outs == {None: False, 0.0: True}
     assert load_config(None, []).train.dropout == 0.0  # off unless asked for
+
+
+def test_train_reports_to_a_logger_stops_on_request_and_resumes(tiny_overrides, tmp_path):
+    """The hooks a server runs jobs through: every metrics row reaches the caller's logger
+    as it reaches metrics.jsonl; a stop hook ends the run after a checkpoint, and the run
+    resumes from it to the same end as an uninterrupted one."""
+    import lmtune
+    from lmtune.errors import Interrupted
+
+    class Rows:
+        def __init__(self):
+            self.rows, self.closed = [], False
+
+        def log(self, row):
+            self.rows.append(row)
+
+        def close(self):
+            self.closed = True
+
+    common = [*tiny_overrides, "train.max_steps=12", "train.log_every=1"]
+    want = lmtune.train(load_config(None, [*common, f"output_dir={tmp_path}/ref"]),
+                        progress=False)
+    logger = Rows()
+    stop = lambda: len(logger.rows) >= 5  # noqa: E731 - after 5 rows
+    cfg = load_config(None, [*common, f"output_dir={tmp_path}/run"])
+    with pytest.raises(Interrupted) as e:
+        lmtune.train(cfg, progress=False, logger=logger, stop=stop)
+    assert e.value.exit_code == 1 and "stopped by request" in str(e.value)
+    steps = [r["step"] for r in logger.rows if "lr" in r]
+    assert steps == [1, 2, 3, 4, 5]
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert logged == logger.rows
+    got = lmtune.train(load_config(None, [*common, f"output_dir={tmp_path}/run",
+                                          "resume=true"]), progress=False)
+    assert got.steps == want.steps == 12 and got.test == want.test
+    def steps_losses(run_dir):  # the resumed run adds an event row
+        return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text()
+                                       .splitlines()) if "lr" in r]
+
+    assert steps_losses(tmp_path / "run") == steps_losses(tmp_path / "ref")
+
+
+def test_summary_json_says_what_the_run_did(tiny_overrides, tmp_path):
+    """summary.json beside eval.json; and train() gives the caller back its thread count."""
+    import lmtune
+
+    torch.set_num_threads(2)
+    try:
+        result = lmtune.train(load_config(None, [*tiny_overrides, "train.max_steps=4",
+                                                 "train.threads=1"]), progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == result.steps == 4
+    saved = Predictor(tmp_path / "run").model
+    assert summary["trainable_params"] == summary["total_params"] == \
+        sum(p.numel() for p in saved.parameters())
+    assert summary["best"]["metric"] == "accuracy" and \
+        summary["best"]["value"] == result.best["accuracy"]
+    assert summary["test"]["accuracy"] == result.test["accuracy"]
+    assert summary["samples_per_second"] == result.samples_per_second > 0
+    assert summary["peak_memory_mb"] == result.peak_memory_mb > 50
+    assert summary["distributed"] == "ddp" and summary["processes"] == 1

@@ -74,7 +74,11 @@ def _verse_pairs(cache: Path) -> list[tuple[str, str]]:
         raise LmtuneError("bible_en_es needs the Debian packages sword-text-kjv and "
                           "sword-text-sparv (`sudo apt-get install sword-text-kjv "
                           "sword-text-sparv`; `make setup` does it as root)")
-    from pysword.modules import SwordModules
+    try:
+        from pysword.modules import SwordModules
+    except ImportError:
+        raise LmtuneError("bible_en_es reads the sword modules with pysword: "
+                          "pip install 'lmtune[bible]'") from None
 
     print("reading the KJV and Reina-Valera sword modules (once, about 11 s)", file=sys.stderr)
     modules = SwordModules(str(SWORD_DIR))

@@ -176,6 +176,11 @@ def build_once(dest: Path, build, message: str) -> Path:
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:
     """Dequantize a GGUF causal LM once into an HF safetensors dir (fp32) at `dest`."""
+    import importlib.util
+
+    if not (dest / "config.json").exists() and importlib.util.find_spec("gguf") is None:
+        raise LmtuneError(f"{gguf.name} is a GGUF file; converting it needs the gguf package: "
+                          "pip install 'lmtune[gguf]'")
     return build_once(dest, lambda out: _dequantize(gguf, out),
                       f"converting {gguf.name} to safetensors (once, about 30 s)")
 

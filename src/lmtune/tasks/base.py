@@ -67,8 +67,11 @@ class Task:
     # --------------------------------------------------------------------- data
 
     def read(self, cfg: Config, train_table=None, test_only: bool = False):
-        """The raw splits the config names (`test_only`: only the test split)."""
-        raise NotImplementedError
+        """The raw splits the config names (`test_only`: only the test split): by default
+        conversations or texts per split, each with its file:line (`data.lm.LMSplits`)."""
+        from lmtune.data.lm import load_lm_splits
+
+        return load_lm_splits(cfg, self.conversations, train_table, test_only)
 
     def label_names(self, raw) -> list[str] | None:
         return None
@@ -80,8 +83,20 @@ class Task:
     def encode(self, cfg: Config, tokenizer, raw, model_config) -> tuple[dict[str, Encoded],
                                                                          object | None]:
         """Tokenize every split once: ({split: Encoded}, a data report (`data.lm.Report`:
-        what the loss will see) or None)."""
-        raise NotImplementedError
+        what the loss will see) or None). By default each split goes through
+        `encode_split`, and the training split then through `finish_train`."""
+        data, report = {}, None
+        for name, items in raw.items.items():
+            enc, rep = self.encode_split(cfg, tokenizer, items, raw.where[name], model_config,
+                                         train=name == "train")
+            if name == "train":
+                enc, report = self.finish_train(cfg, enc, rep)
+            data[name] = enc
+        return data, report
+
+    def finish_train(self, cfg: Config, enc: Encoded, report) -> tuple[Encoded, object]:
+        """The training split once tokenized (packing, say), with its report."""
+        return enc, report
 
     def encode_split(self, cfg: Config, tokenizer, items: list, where: list[str],
                      model_config, train: bool) -> tuple[Encoded, object]:

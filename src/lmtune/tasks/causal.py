@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data import templates
 from lmtune.data.collate import Encoded, collate_lm
-from lmtune.data.lm import LMSplits, Report, encode_lm, load_lm_splits, pack
+from lmtune.data.lm import LMSplits, Report, encode_lm, pack
 from lmtune.tasks.base import Task
 
 
@@ -23,9 +23,6 @@ class CausalLM(Task):
 
     packs = True
     decodes = True
-
-    def read(self, cfg: Config, train_table=None, test_only: bool = False) -> LMSplits:
-        return load_lm_splits(cfg, self.conversations, train_table, test_only)
 
     def tokenize(self, tokenizer, cfg: Config):
         """item → its tokenized rows."""
@@ -36,18 +33,11 @@ class CausalLM(Task):
                      model_config, train: bool) -> tuple[Encoded, Report]:
         return encode_lm(items, where, cfg, train, self.tokenize(tokenizer, cfg))
 
-    def encode(self, cfg: Config, tokenizer, raw: LMSplits, model_config
-               ) -> tuple[dict[str, Encoded], Report]:
-        data, report = {}, Report()
-        for name, items in raw.items.items():
-            enc, rep = self.encode_split(cfg, tokenizer, items, raw.where[name],
-                                         model_config, train=name == "train")
-            if name == "train":
-                report = rep
-                if cfg.data.packing:
-                    enc = pack(enc, cfg.train.max_length, cfg.train.batch_size, report)
-            data[name] = enc
-        return data, report
+    def finish_train(self, cfg: Config, enc: Encoded, report: Report
+                     ) -> tuple[Encoded, Report]:
+        if cfg.data.packing:
+            enc = pack(enc, cfg.train.max_length, cfg.train.batch_size, report)
+        return enc, report
 
     def decode_kind(self, tokenizer) -> str:
         return "text"

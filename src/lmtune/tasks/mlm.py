@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lmtune.config import Config
 from lmtune.data import templates
 from lmtune.data.collate import Encoded, collate_lm
-from lmtune.data.lm import LMSplits, Report, encode_lm, load_lm_splits, mlm_view
+from lmtune.data.lm import Report, encode_lm, mlm_view
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Task
 
@@ -23,9 +23,6 @@ class Mlm(Task):
     model_class = "AutoModelForMaskedLM"
     eager_on_cpu = True
     architectures = ("ForMaskedLM",)
-
-    def read(self, cfg: Config, train_table=None, test_only: bool = False) -> LMSplits:
-        return load_lm_splits(cfg, False, train_table, test_only)
 
     def encode_split(self, cfg: Config, tokenizer, items: list, where: list[str],
                      model_config, train: bool) -> tuple[Encoded, Report]:
@@ -39,15 +36,6 @@ class Mlm(Task):
         if not train:  # a fixed masking, so validation losses compare across steps
             enc = mlm_view(enc, tokenizer, cfg.data.mlm_probability, cfg.seed)
         return enc, report
-
-    def encode(self, cfg: Config, tokenizer, raw: LMSplits, model_config
-               ) -> tuple[dict[str, Encoded], Report]:
-        data, report = {}, Report()
-        for name, items in raw.items.items():
-            data[name], rep = self.encode_split(cfg, tokenizer, items, raw.where[name],
-                                                model_config, train=name == "train")
-            report = rep if name == "train" else report
-        return data, report
 
     def train_view(self, data: Encoded, cfg: Config, tokenizer, epoch: int) -> Encoded:
         """MLM masks anew each epoch (seeded, so resumable)."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data.collate import Encoded, collate_seq2seq
-from lmtune.data.lm import LMSplits, Report, batch_padding, load_lm_splits
+from lmtune.data.lm import LMSplits, Report, batch_padding
 from lmtune.data.seq2seq import encode_seq2seq
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import Task
@@ -28,9 +28,6 @@ class Seq2seq(Task):
     headline = ("loss", "perplexity", *GENERATION_METRICS)
     architectures = ("ForConditionalGeneration", "MTModel", "EncoderDecoderModel")
 
-    def read(self, cfg: Config, train_table=None, test_only: bool = False) -> LMSplits:
-        return load_lm_splits(cfg, True, train_table, test_only)
-
     def encode_split(self, cfg: Config, tokenizer, items: list, where: list[str],
                      model_config, train: bool) -> tuple[Encoded, Report]:
         start = getattr(model_config, "decoder_start_token_id", None)
@@ -41,18 +38,12 @@ class Seq2seq(Task):
         return encode_seq2seq(tokenizer, items, where, cfg.train.max_length, start,
                               report), report
 
-    def encode(self, cfg: Config, tokenizer, raw: LMSplits, model_config
-               ) -> tuple[dict[str, Encoded], Report]:
-        data, report = {}, Report()
-        for name, items in raw.items.items():
-            data[name], rep = self.encode_split(cfg, tokenizer, items, raw.where[name],
-                                                model_config, train=name == "train")
-            if name == "train":
-                report = rep
-                report.padding_unpacked = batch_padding(data[name], cfg.train.batch_size)
-                report.note = "seq2seq: every target token carries the loss; padding " \
-                              "counts the encoder side"
-        return data, report
+    def finish_train(self, cfg: Config, enc: Encoded, report: Report
+                     ) -> tuple[Encoded, Report]:
+        report.padding_unpacked = batch_padding(enc, cfg.train.batch_size)
+        report.note = "seq2seq: every target token carries the loss; padding counts the " \
+                      "encoder side"
+        return enc, report
 
     def prompts(self, raw: LMSplits, cfg: Config) -> list | None:
         n = cfg.eval.generate_samples

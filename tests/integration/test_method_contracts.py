@@ -1,0 +1,135 @@
+"""The contract every fine-tuning method keeps, checked over one table of (method, tiny model)
+cases (tests/methods.py × a tiny BERT classifier and a tiny Llama chat model):
+
+- training moves every trainable tensor and no frozen one, and the loss stays finite;
+- a save/load round trip through the run dir gives exactly the trained model's outputs;
+- an adapter merged into its base gives the unmerged outputs;
+- a disabled adapter gives the base model's outputs;
+- holding frozen linear weights in bf16 changes no number under bf16 autocast.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmtune.config import load_config
+from lmtune.methods import METHODS, apply_method
+from lmtune.models.params import hold_frozen_linears_in_bf16
+from lmtune.prepare import prepare
+from lmtune.rundir import open_run
+from lmtune.tasks import get_task
+from lmtune.train import finish, fit
+from tests.methods import CASES, case, names
+
+MODELS = {  # name: (model fixture, data fixture, task)
+    "bert-classify": ("tiny_bert", "sentiment_csv", "classify"),
+    "llama-sft": ("tiny_llama", "chat_jsonl", "sft"),
+}
+
+
+def test_every_registered_method_has_a_case():
+    assert {c.name for c in CASES} == set(METHODS)
+
+
+def inputs(task: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(5, 30, (3, 12))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**batch).logits.float()
+
+
+@pytest.fixture(params=list(MODELS))
+def trained(request, tmp_path_factory):
+    """Train a (method, model) case: (setup, result, task name, tensors before, the outputs
+    with the adapter disabled before training (None without an adapter))."""
+    def train(method: str):
+        model, data, task = MODELS[request.param]
+        out = tmp_path_factory.mktemp(f"{method}-{request.param}") / "run"
+        cfg = load_config(None, [f"task={task}", f"model={request.getfixturevalue(model)}",
+                                 f"data.train={request.getfixturevalue(data)}",
+                                 f"output_dir={out}", "train.precision=fp32",
+                                 "train.threads=1", "train.max_steps=6", "train.warmup=0",
+                                 "train.batch_size=16", "train.max_length=64",
+                                 "eval.generate_samples=0", *case(method).config()])
+        s = prepare(cfg)
+        before = {n: p.detach().clone() for n, p in s.module.named_parameters()}
+        start = None
+        if s.method.adapter:
+            with s.module.disable_adapter():
+                start = logits(s.module, inputs(task))
+        result = finish(s, fit(s, progress=False))
+        return s, result, task, before, start
+    return train
+
+
+@pytest.mark.parametrize("method", [c.name for c in CASES])
+def test_training_moves_exactly_the_trainable_tensors(trained, method):
+    s, result, _, before, _ = trained(method)
+    after = dict(s.module.named_parameters())
+    trainable = {n for n, p in after.items() if p.requires_grad}
+    changed = {n for n, p in after.items() if not torch.equal(p, before[n])}
+    assert trainable and changed == trainable
+    assert result.test is not None and torch.isfinite(torch.tensor(result.test["loss"]))
+
+
+@pytest.mark.parametrize("method", [c.name for c in CASES])
+def test_save_and_reload_is_exact(trained, method):
+    s, _, task, _, _ = trained(method)
+    batch = inputs(task)
+    want = logits(s.module, batch)
+    model, _ = open_run(s.out).load()
+    assert torch.equal(logits(model, batch), want)
+
+
+@pytest.mark.parametrize("method", names(mergeable=True))
+def test_merged_adapter_equals_unmerged(trained, method):
+    s, _, task, _, _ = trained(method)
+    model, _ = open_run(s.out).load()
+    batch = inputs(task)
+    want = logits(model, batch)
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(logits(merged, batch), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", names(adapter=True))
+def test_disabled_adapter_gives_the_model_training_started_from(trained, method):
+    """Training touched only the adapter (and the head it trains): with the adapter off,
+    the trained model, and the reloaded one, answer as the base did before training."""
+    s, _, task, _, start = trained(method)
+    batch = inputs(task)
+    with s.module.disable_adapter():
+        torch.testing.assert_close(logits(s.module, batch), start, atol=0, rtol=0)
+    if task == "sft":  # no new head: the reloaded adapter, disabled, is the base model dir
+        from transformers import AutoModelForCausalLM
+
+        model, _ = open_run(s.out).load()
+        base = AutoModelForCausalLM.from_pretrained(s.cfg.model, dtype=torch.float32)
+        with model.disable_adapter():
+            torch.testing.assert_close(logits(model, batch), logits(base, batch))
+
+
+@pytest.mark.parametrize("method", names(bf16_frozen=True))
+def test_frozen_linears_held_in_bf16_change_no_number_under_autocast(tiny_llama, method):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    cfg = load_config(None, ["task=sft", *case(method).config()])
+    model = apply_method(model, cfg, get_task("sft"))
+    with torch.no_grad():  # a trained adapter, not the zero-initialized one
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    model.eval()
+    ids = torch.randint(5, 290, (2, 24))
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    with torch.no_grad(), autocast():
+        want = model(input_ids=ids).logits.float()
+    assert hold_frozen_linears_in_bf16(model) > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    with torch.no_grad(), autocast():
+        got = model(input_ids=ids).logits.float()
+    assert torch.equal(got, want)
