@@ -9,17 +9,16 @@ Field help strings (`metadata["help"]`) become `lmtune train --help`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lmtune.errors import LmtuneError
+from lmtune import typed_yaml
+from lmtune.errors import ConfigError, LmtuneError
+from lmtune.typed_yaml import build, parse_scalar, read_yaml, set_dotted
 
 FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "source_target",
            "text")
@@ -31,14 +30,6 @@ METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
-
-
-class ConfigError(LmtuneError):
-    """A bad value for one key; the loader adds the full dotted key and its file:line."""
-
-    def __init__(self, key: str, msg: str):
-        super().__init__(msg)
-        self.key, self.msg = key, msg
 
 
 def opt(default: Any, help: str) -> Any:
@@ -281,139 +272,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     raw: dict[str, Any] = {}
     lines: dict[str, str] = {}
     if path is not None:
-        raw, lines = _read_yaml(Path(path))
+        raw, lines = read_yaml(Path(path))
     for key, value in (values or {}).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
         lines[key] = "argument"
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise LmtuneError(f"command line: override {item!r} must look like key=value")
-        _set_dotted(raw, key.strip(), _parse_scalar(text))
+        set_dotted(raw, key.strip(), parse_scalar(text))
         lines[key.strip()] = f"command line ({item})"
-    return _build(Config, raw, "", lines)
-
-
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """Parse YAML safely and remember the `file:line` of every dotted key."""
-    if not path.is_file():
-        raise LmtuneError(f"{path}: config file not found")
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LmtuneError(f"{path}: not valid YAML: {e}") from None
-    if node is None:
-        return {}, {}
-    lines: dict[str, str] = {}
-
-    def walk(n: yaml.Node, prefix: str) -> Any:
-        if isinstance(n, yaml.MappingNode):
-            out = {}
-            for k, v in n.value:
-                key = f"{prefix}{k.value}"
-                lines[key] = f"{path}:{k.start_mark.line + 1}"
-                out[k.value] = walk(v, key + ".")
-            return out
-        return yaml.safe_load(yaml.serialize(n))
-
-    data = walk(node, "")
-    if not isinstance(data, dict):
-        raise LmtuneError(f"{path}:1: a config file must be a mapping of keys to values")
-    return data, lines
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise LmtuneError(f"command line: {key!r}: {part!r} is not a section")
-    node[leaf] = value
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str, lines: dict[str, str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        full = prefix + str(key)
-        if key not in names:
-            _unknown_key(full, names, prefix, lines)
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise LmtuneError(f"{lines.get(full, 'config')}: {full!r} is a section; "
-                                  f"set its keys, e.g. {full}.{dataclasses.fields(tp)[0].name}")
-            kwargs[key] = _build(tp, value, full + ".", lines)
-        else:
-            kwargs[key] = _coerce(value, tp, full, lines)
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        full = prefix + e.key
-        raise LmtuneError(f"{lines.get(full, 'config')}: {full}: {e.msg}") from None
-
-
-def _unknown_key(full: str, names: list[str], prefix: str, lines: dict[str, str]) -> None:
-    valid = [prefix + n for n in names]
-    close = difflib.get_close_matches(full, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise LmtuneError(f"{lines.get(full, 'config')}: unknown key {full!r}.{hint} "
-                      f"Valid keys here: {', '.join(valid)}")
-
-
-def _coerce(value: Any, tp: Any, key: str, lines: dict[str, str]) -> Any:
-    """Check (and gently convert) one value against its annotated type."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bad = LmtuneError(f"{lines.get(key, 'config')}: {key}: expected {_type_name(tp)}, "
-                      f"got {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(v, args[0], key, lines) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, float) and tp is int:
-            if not value.is_integer():
-                raise bad
-            value = int(value)
-        if not isinstance(value, (int, float)):
-            raise bad
-        return tp(value)
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise bad
-        return str(value)
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+    return build(Config, raw, "", lines)
 
 
 def config_yaml(cfg: Config) -> str:
@@ -423,12 +292,4 @@ def config_yaml(cfg: Config) -> str:
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every leaf key: the body of `lmtune train --help`."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix + f.name + ".")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
-    return rows
+    return typed_yaml.describe(cls, prefix)

@@ -8,6 +8,14 @@ class LmtuneError(Exception):
     exit_code = 2
 
 
+class ConfigError(LmtuneError):
+    """A bad value for one key; the loader adds the full dotted key and its file:line."""
+
+    def __init__(self, key: str, msg: str):
+        super().__init__(msg)
+        self.key, self.msg = key, msg
+
+
 class Interrupted(Exception):
     """Training stopped after writing a checkpoint: on SIGTERM/SIGINT (exit 128 + signum), or
     because the caller's stop hook asked (signum 0, exit 1)."""
