@@ -1,4 +1,4 @@
-"""`lmtune train | eval | predict`: a thin dispatcher over the Python API.
+"""`lmtune train | resume | eval | predict | generate`: a thin dispatcher over the Python API.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
 """

@@ -77,7 +77,11 @@ def train(cfg: Config, train_table: Table | None = None, progress: bool = True,
     """
     with runtime.threads(cfg.train.threads):
         setup = prepare(cfg, train_table, logger)
-        state = fit(setup, progress, stop)
+        try:
+            state = fit(setup, progress, stop)
+        except BaseException:  # stopped or failed: the logs end here (resume reopens them)
+            setup.logger.close()
+            raise
         return finish(setup, state)
 
 

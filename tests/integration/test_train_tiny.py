@@ -174,6 +174,7 @@ def test_train_reports_to_a_logger_stops_on_request_and_resumes(tiny_overrides, 
     with pytest.raises(Interrupted) as e:
         lmtune.train(cfg, progress=False, logger=logger, stop=stop)
     assert e.value.exit_code == 1 and "stopped by request" in str(e.value)
+    assert logger.closed  # the run ended: its logs are closed
     steps = [r["step"] for r in logger.rows if "lr" in r]
     assert steps == [1, 2, 3, 4, 5]
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
