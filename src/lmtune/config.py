@@ -91,8 +91,9 @@ class TrainConfig:
     batch_size: int = opt(32, "samples per micro-batch and process (global batch: "
                           "batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float | None = opt(None, "peak learning rate (unset: the method's default, "
-                           "7e-5 for full, freeze and lora)")
+    lr: float | None = opt(None, "peak learning rate (unset: the method's default: 7e-5 "
+                           "for full, freeze, lora and most adapters; 7e-4 for loha, lokr, "
+                           "boft; 5e-4 for bitfit, norms)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")
@@ -139,11 +140,12 @@ class TrainConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = opt(16, "LoRA rank")
-    alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = opt(0.1, "dropout on the LoRA input")
+    r: int = opt(16, "adapter rank (LoRA, DoRA, LoHa, LoKr, VeRA); OFT/BOFT: block size")
+    alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r; LoHa/LoKr alike)")
+    dropout: float = opt(0.1, "dropout on the adapter input")
     target_modules: list[str] = opt([], "module names to adapt; empty: a per-architecture "
-                                    "default (BERT: query, key, value, dense)")
+                                    "default (BERT: query, key, value, dense; IA3: peft's)")
+    rslora: bool = opt(False, "rank-stabilized LoRA: scale = alpha / sqrt(r)")
 
     def __post_init__(self) -> None:
         _positive("r", self.r)
@@ -205,7 +207,8 @@ class Config:
     task: str = opt("classify", "what to train: classify, sft, seq2seq, clm, mlm")
     model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
                      "minilm2minilm)")
-    method: str = opt("full", "fine-tuning method: full, lora, freeze")
+    method: str = opt("full", "fine-tuning method: full, freeze, bitfit, norms, lora, dora, "
+                      "loha, lokr, vera, ia3, oft, boft")
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
     overwrite: bool = opt(False, "replace an existing run dir that holds a different config")

@@ -95,6 +95,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
         set_dropout(model, cfg.train.dropout)
     model = apply_method(model, cfg, task)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LmtuneError(f"method={cfg.method}: leaves no parameter of {cfg.model} to train")
     if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)
     strategy = make_strategy(cfg.train, precision)

@@ -28,15 +28,15 @@ def train_losses(run_dir):
     return [r["loss"] for r in metric_rows(run_dir) if "lr" in r]
 
 
-@pytest.mark.parametrize("method", names())
+@pytest.mark.parametrize("method", names("llama-sft"))
 def test_sft_learns_and_writes_a_complete_run_dir(tiny_llama, chat_jsonl, tmp_path, method):
     out = tmp_path / "run"
     cfg = load_config(None, [*SFT, f"model={tiny_llama}", f"data.train={chat_jsonl}",
                              f"output_dir={out}", "train.epochs=4", *case(method).config()])
     s, result, base, unchanged = train_tracked(cfg)
     assert not unchanged  # every trainable tensor moved
-    # LoRA on a frozen *random* base learns slowly; on a real model it is another story
-    gain = 0.6 if method == "full" else 0.98
+    # adapters on a frozen *random* base learn slowly; on a real model it is another story
+    gain = case(method).learns
     curve = train_losses(out)
     assert sum(curve[-3:]) / 3 < gain * sum(curve[:3]) / 3
     assert result.test["loss"] < gain * base["loss"]  # held-out conversations
@@ -173,7 +173,7 @@ def test_mlm_then_classification_from_its_output(tiny_bert, tmp_path):
     assert json.loads((tmp_path / "clf" / "eval.json").read_text())["test"]["accuracy"] >= 0
 
 
-@pytest.mark.parametrize("method", names())
+@pytest.mark.parametrize("method", names("llama-sft"))
 def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, chat_jsonl, tmp_path,
                                                         method):
     common = [*SFT, f"model={tiny_llama}", f"data.train={chat_jsonl}", "train.max_steps=3",

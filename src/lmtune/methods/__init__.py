@@ -55,6 +55,6 @@ def apply_method(model: nn.Module, cfg, task) -> nn.Module:
     return get_method(cfg.method).apply(model, cfg, task)
 
 
-from lmtune.methods import full, lora, freeze  # noqa: E402,F401,I001 - each registers itself
+from lmtune.methods import full, adapters, freeze, bitfit  # noqa: E402,F401,I001 - each registers itself
 
 __all__ = ["METHODS", "Method", "apply_method", "get_method", "register"]

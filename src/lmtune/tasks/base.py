@@ -50,6 +50,7 @@ class Task:
     headline: tuple[str, ...] = ("loss", "perplexity")  # metrics worth a log row
     architectures: tuple[str, ...] = ()  # architecture-name endings of models made for it
     packs = False  # can pack several samples into one row (data.packing)
+    head_modules: tuple[str, ...] = ()  # modules a new task head adds (they always train)
 
     def check(self, cfg: Config) -> None:
         """Config checks only this task knows; raise ConfigError(key, message)."""

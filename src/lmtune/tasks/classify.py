@@ -24,6 +24,7 @@ class Classify(Task):
     metrics = ("accuracy", "macro_f1", "loss")
     headline = ("loss", "accuracy", "macro_f1")
     architectures = ("ForSequenceClassification",)
+    head_modules = ("classifier", "score")  # BERT-style and decoder-style heads, as in peft
 
     def check(self, cfg: Config) -> None:
         super().check(cfg)
