@@ -1,4 +1,4 @@
-"""`lmtune train | resume | eval | predict | generate`: a thin dispatcher over the Python API.
+"""`lmtune train | resume | eval | predict | generate | export`: a thin dispatcher.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
 """
@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write JSONL here instead of printing a table")
     p.add_argument("--jsonl", action="store_true", help="print JSONL instead of a table")
     p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
+
+    x = sub.add_parser("export", help="write a run's model out: HF dir (adapter merged or "
+                       "not) or ONNX, with a parity check", formatter_class=fmt,
+                       description="Export a run. Examples:\n  lmtune export runs/lora "
+                       "out/lora-merged --merge\n  lmtune export runs/default out/onnx "
+                       "--format onnx")
+    x.add_argument("run_dir", help="a run dir written by `lmtune train`")
+    x.add_argument("out", help="a new (or empty) directory to write")
+    x.add_argument("--merge", action="store_true", help="fold an adapter into the base "
+                   "weights: a plain HF model dir that loads without peft")
+    x.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                   help="hf (default) or onnx (the adapter is merged first)")
     return parser
 
 
@@ -109,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()  # before any matmul: oneDNN reads its settings once
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
-                "generate": cmd_generate, "predict": cmd_predict}[args.command](args)
+                "generate": cmd_generate, "predict": cmd_predict,
+                "export": cmd_export}[args.command](args)
     except LmtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -285,6 +298,18 @@ def cmd_predict(args) -> int:
         for r in rows:
             text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
             print(f"{r['label']:<{w}}  {r['score']:.4f}  {text}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lmtune.export import export_run
+
+    report = export_run(args.run_dir, args.out, args.merge, args.format)
+    parity = report["parity"]
+    print(f"wrote {args.out} ({report['format']}"
+          f"{', adapter merged' if report['merged'] else ''}); parity on "
+          f"{parity['rows']} rows: max |logit difference| {parity['max_abs_logit_diff']:.2e} "
+          f"(limit {report['limit']:.0e})")
     return 0
 
 

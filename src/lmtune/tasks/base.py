@@ -44,6 +44,7 @@ class Task:
     decodes = False  # its models generate text (`lmtune generate`, pipeline)
     generates = False  # validation and `lmtune eval` score generated text
     labels = False  # predicts class labels
+    exports_onnx = False  # its forward takes the input ids alone (`lmtune export --format onnx`)
     eager_on_cpu = False  # attention=auto: eager on CPU (faster for encoders), else sdpa
     default_metric = "loss"  # the validation metric that picks the best model
     metrics: tuple[str, ...] = ("loss",)  # what eval.metric may name

@@ -23,6 +23,7 @@ class CausalLM(Task):
 
     packs = True
     decodes = True
+    exports_onnx = True
 
     def tokenize(self, tokenizer, cfg: Config):
         """item → its tokenized rows."""

@@ -19,6 +19,7 @@ class Classify(Task):
     model_class = "AutoModelForSequenceClassification"
     peft_type = "SEQ_CLS"
     labels = True
+    exports_onnx = True
     eager_on_cpu = True
     default_metric = "accuracy"
     metrics = ("accuracy", "macro_f1", "loss")

@@ -22,6 +22,7 @@ class Mlm(Task):
     name = "mlm"
     model_class = "AutoModelForMaskedLM"
     eager_on_cpu = True
+    exports_onnx = True
     architectures = ("ForMaskedLM",)
 
     def encode_split(self, cfg: Config, tokenizer, items: list, where: list[str],
