@@ -146,10 +146,13 @@ class LoraConfig:
     target_modules: list[str] = opt([], "module names to adapt; empty: a per-architecture "
                                     "default (BERT: query, key, value, dense; IA3: peft's)")
     rslora: bool = opt(False, "rank-stabilized LoRA: scale = alpha / sqrt(r)")
+    plus_ratio: float = opt(0.0, "LoRA+ (lora, dora): the B matrices' learning rate is "
+                            "train.lr times this (0: off; 16 is the paper's choice)")
 
     def __post_init__(self) -> None:
         _positive("r", self.r)
         _positive("alpha", self.alpha)
+        _positive("plus_ratio", self.plus_ratio, allow_zero=True)
         if not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 

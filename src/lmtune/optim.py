@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -9,21 +10,28 @@ from torch import nn
 from lmtune.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, fused where the build supports it; no weight decay on biases and norms."""
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    lr_scale: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    """AdamW, fused where the build supports it; no weight decay on biases and norms.
+
+    `lr_scale(name)` multiplies the learning rate of some tensors (LoRA+ trains the B
+    matrices faster); the schedule scales every group alike, so the ratio holds throughout.
+    """
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 else decay).append(p)
+        if p.requires_grad:
+            key = (p.ndim >= 2, lr_scale(name) if lr_scale else 1.0)
+            groups.setdefault(key, []).append(p)
     # No empty group (LoRA on a model without biases): DeepSpeed drops those, and the LR
     # schedule, built with one entry per group, would no longer match.
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    params = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0,
+               "lr": cfg.lr * scale}
+              for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0],
+                                                                              kv[0][1]))]
     try:
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, fused=True)
     except (RuntimeError, TypeError):  # fused needs float tensors on a supported device
-        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, foreach=True)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

@@ -102,7 +102,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
     strategy = make_strategy(cfg.train, precision)
     steps_per_epoch, total_steps = count_steps(cfg, len(data["train"]), strategy.world)
     model = strategy.shard(model)  # before the optimizer: sharding replaces parameters
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, method.lr_scale(cfg) if method.lr_scale
+                                else None)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)  # ours in every mode
     model = strategy.wrap(model, optimizer)
     resumed = find_checkpoint(cfg, out, strategy)

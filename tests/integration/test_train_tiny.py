@@ -212,3 +212,22 @@ def test_summary_json_says_what_the_run_did(tiny_overrides, tmp_path):
     assert summary["samples_per_second"] == result.samples_per_second > 0
     assert summary["peak_memory_mb"] == result.peak_memory_mb > 50
     assert summary["distributed"] == "ddp" and summary["processes"] == 1
+
+
+def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_overrides):
+    s = prepare(load_config(None, [*tiny_overrides, "method=lora", "lora.plus_ratio=16",
+                                   "train.lr=1e-3", "train.max_steps=3", "train.warmup=0"]))
+    lr_of = {id(p): g["lr"] for g in s.optimizer.param_groups for p in g["params"]}
+    named = dict(s.module.named_parameters())
+    b = [n for n in named if ".lora_B." in n]
+    a = [n for n in named if ".lora_A." in n]
+    assert b and a
+    assert [lr_of[id(named[n])] for n in b] == pytest.approx([1.6e-2] * len(b))
+    assert [lr_of[id(named[n])] for n in a] == pytest.approx([1e-3] * len(a))
+    assert lr_of[id(named["base_model.model.classifier.modules_to_save.default.weight"])] \
+        == pytest.approx(1e-3)
+    result = finish(s, fit(s, progress=False))
+    assert torch.isfinite(torch.tensor(result.test["loss"]))
+    # the schedule scales every group alike: the ratio holds after the steps
+    lrs = sorted({g["lr"] for g in s.optimizer.param_groups})
+    assert lrs[-1] == pytest.approx(16 * lrs[0])

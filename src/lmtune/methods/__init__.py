@@ -30,6 +30,8 @@ class Method:
     bf16_frozen: bool = True
     # The peak LR when train.lr is unset.
     default_lr: float = 7e-5
+    # (cfg) -> a function of a parameter's name giving its LR multiplier, or None (all 1).
+    lr_scale: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}

@@ -94,20 +94,31 @@ def boft_config(s, targets, task_type):
                       boft_dropout=s.dropout, target_modules=targets)
 
 
+def lora_plus(cfg) -> Callable[[str], float] | None:
+    """LoRA+: the B matrices learn `lora.plus_ratio` times faster than the A matrices (the
+    two play different roles; one LR under-trains B for wide layers)."""
+    ratio = cfg.lora.plus_ratio
+    if not ratio:
+        return None
+    return lambda name: ratio if ".lora_B." in name or ".lora_embedding_B." in name else 1.0
+
+
 def adapter(name: str, build: Callable, help: str, default_lr: float = 7e-5,
-            bf16_frozen: bool = True) -> Method:
+            bf16_frozen: bool = True, lr_scale: Callable | None = None) -> Method:
     return register(Method(name, peft_method(build), help, section="lora", mergeable=True,
-                           adapter=True, default_lr=default_lr, bf16_frozen=bf16_frozen))
+                           adapter=True, default_lr=default_lr, bf16_frozen=bf16_frozen,
+                           lr_scale=lr_scale))
 
 
 # LoHa, LoKr and BOFT barely move at LoRA's learning rate: 10x, as measured on this project's
 # CPU with MiniLM and SmolLM2 when these methods were first tried.
-LORA = adapter("lora", lora_config, "low-rank adapters on the projections")
+LORA = adapter("lora", lora_config, "low-rank adapters on the projections",
+               lr_scale=lora_plus)
 # DoRA reads the frozen weight itself (its column norms), not only through a matmul: held in
 # bf16 the weight would change its numbers, so it stays fp32.
 DORA = adapter("dora", lambda s, t, tt: lora_config(s, t, tt, use_dora=True),
                "LoRA with the weight's magnitude trained apart from its direction",
-               bf16_frozen=False)
+               bf16_frozen=False, lr_scale=lora_plus)
 LOHA = adapter("loha", loha_config, "low-rank Hadamard-product adapters", 7e-4)
 LOKR = adapter("lokr", lokr_config, "low-rank Kronecker-product adapters", 7e-4)
 VERA = adapter("vera", vera_config, "shared random low-rank matrices, trained scaling vectors")
