@@ -37,6 +37,7 @@ CASES = (
     MethodCase("full", learns=0.6),
     MethodCase("lora", ADAPTER, lr=1e-2),
     MethodCase("dora", ADAPTER, lr=1e-2),
+    MethodCase("qlora", ADAPTER, lr=1e-2),
     MethodCase("loha", ADAPTER, lr=1e-2),
     MethodCase("lokr", ADAPTER, lr=1e-2),
     MethodCase("vera", ADAPTER, lr=5e-2),  # few trained numbers: a higher LR moves them

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc", type=int, default=0, metavar="N", help="processes (default: as "
                    "many as wrote the checkpoint; torchrun is started for more than one)")
 
+    add_model_commands(sub, fmt)
+    return parser
+
+
+def add_model_commands(sub, fmt) -> None:
+    """The commands that use a trained run: eval, generate, predict, export."""
     e = sub.add_parser("eval", help="evaluate a saved run on its test split or new data",
                        formatter_class=fmt, description="Evaluate a run. Examples:\n  "
                        "lmtune eval runs/default\n  lmtune eval runs/default data.test="
@@ -103,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights: a plain HF model dir that loads without peft")
     x.add_argument("--format", choices=["hf", "onnx"], default="hf",
                    help="hf (default) or onnx (the adapter is merged first)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
 METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
+QUANTIZE = ("none", "int8", "nf4")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 
@@ -211,7 +212,9 @@ class Config:
     model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
                      "minilm2minilm)")
     method: str = opt("full", "fine-tuning method: full, freeze, bitfit, norms, lora, dora, "
-                      "loha, lokr, vera, ia3, oft, boft")
+                      "qlora, loha, lokr, vera, ia3, oft, boft")
+    quantize: str = opt("none", "adapter methods: load the frozen base in 8 bits (int8) or "
+                        "4-bit NF4 (nf4; bitsandbytes); qlora means lora with nf4")
     seed: int = opt(42, "seed for data order, splits and initialization")
     output_dir: str = opt("runs/default", "run dir: config, metrics, model, eval results")
     overwrite: bool = opt(False, "replace an existing run dir that holds a different config")
@@ -237,6 +240,10 @@ class Config:
         _choice("task", self.task, tuple(TASKS))
         TASKS[self.task].check(self)
         _choice("method", self.method, tuple(METHODS))
+        _choice("quantize", self.quantize, QUANTIZE)
+        if self.quantize != "none" and not METHODS[self.method].adapter:
+            raise ConfigError("quantize", f"quantizes the frozen base under an adapter; "
+                              f"method={self.method} trains the model's own weights")
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr
         _choice("attention", self.attention, ATTENTION)
@@ -254,6 +261,13 @@ class Config:
         from lmtune.tasks import TASKS
 
         return TASKS[self.task].default_metric
+
+    @property
+    def quantization(self) -> str:
+        """How the frozen base is loaded: `quantize`, else the method's own (qlora: nf4)."""
+        from lmtune.methods import METHODS
+
+        return self.quantize if self.quantize != "none" else METHODS[self.method].quantize
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

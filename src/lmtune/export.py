@@ -49,14 +49,14 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = False,
     if adapter and (merge or fmt == "onnx") and not run.mergeable:
         raise LmtuneError(f"{run_dir}: method={run.config.method} cannot be merged into its "
                           "base; export it without --merge (the adapter dir)")
+    folded = adapter and (merge or fmt == "onnx")
     model, tokenizer = run.load(attention="eager")
     batch = sample_batch(tokenizer)
-    want = logits(model, batch)
-    if adapter and (merge or fmt == "onnx"):
-        model = model.merge_and_unload()
-    report = {"source": str(run_dir), "format": fmt, "merged": adapter and (merge or
-                                                                        fmt == "onnx"),
-              "task": task.name, "limit": LIMITS[fmt]}
+    want = logits(model, batch)  # the run as lmtune loads it
+    if folded:  # into the dequantized base where training quantized it
+        model = run.load(attention="eager", merge=True)[0]
+    report = {"source": str(run_dir), "format": fmt, "merged": folded, "task": task.name,
+              "limit": LIMITS[fmt]}
 
     def write(tmp: Path) -> None:
         if fmt == "onnx":
@@ -114,7 +114,7 @@ def _reload_adapter(run, tmp: Path):
     from lmtune.models.io import load_saved
 
     return load_saved(tmp, run.base, run.trust, "eager", run.task.model_class,
-                      run.config.cache_dir)[0]
+                      run.config.cache_dir, run.config.quantization, run.task.head_modules)[0]
 
 
 class _Logits(torch.nn.Module):

@@ -87,7 +87,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
     model = load_pretrained(task.model_class, model_path, cfg.trust_remote_code,
                             attention_impl(cfg.attention, runtime.device_type(),
                                            task.eager_on_cpu),
-                            method.load_dtype, **task.model_kwargs(raw))
+                            method.load_dtype, cfg.quantization, task.head_modules,
+                            **task.model_kwargs(raw))
     data, report = task.encode(cfg, tokenizer, raw, model.config)
     check_positions(cfg, model.config)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)

@@ -161,9 +161,10 @@ class SavedRun:
 
         return bool(self.config) and get_method(self.config.method).mergeable
 
-    def load(self, attention: str | None = None, cache_dir: str = ""):
-        """(model, tokenizer) in eval mode, loaded as the task's model class; `attention`
-        None: as the run was trained (`attention=auto` picks per task and device)."""
+    def load(self, attention: str | None = None, cache_dir: str = "", merge: bool = False):
+        """(model, tokenizer) in eval mode, loaded as the task's model class, the base
+        quantized as in training; `attention` None: as the run was trained (`auto` picks
+        per task and device). `merge`: an adapter folded into its (dequantized) base."""
         from lmtune import runtime
         from lmtune.models.io import load_saved
         from lmtune.models.load import attention_impl
@@ -174,7 +175,9 @@ class SavedRun:
                                        runtime.device_type(), task.eager_on_cpu)
         return load_saved(self.model_dir, self.base, self.trust, attention,
                           auto_class=task.model_class,
-                          cache_dir=cache_dir or (self.config.cache_dir if self.config else ""))
+                          cache_dir=cache_dir or (self.config.cache_dir if self.config else ""),
+                          quantize=self.config.quantization if self.config else "none",
+                          keep=task.head_modules, merge=merge and self.mergeable)
 
 
 def open_run(path: str | Path, cache_dir: str = "") -> SavedRun:

@@ -90,10 +90,11 @@ def test_save_and_reload_is_exact(trained, method):
 @pytest.mark.parametrize("method", names(mergeable=True))
 def test_merged_adapter_equals_unmerged(trained, method):
     s, _, task, _, _ = trained(method)
-    model, _ = open_run(s.out).load()
+    run = open_run(s.out)
     batch = inputs(task)
-    want = logits(model, batch)
-    merged = model.merge_and_unload()
+    want = logits(run.load()[0], batch)
+    merged, _ = run.load(merge=True)  # a quantized base is dequantized first
+    assert not hasattr(merged, "peft_config")  # a plain transformers model
     torch.testing.assert_close(logits(merged, batch), want, atol=1e-5, rtol=1e-5)
 
 
@@ -105,11 +106,12 @@ def test_disabled_adapter_gives_the_model_training_started_from(trained, method)
     batch = inputs(task)
     with s.module.disable_adapter():
         torch.testing.assert_close(logits(s.module, batch), start, atol=0, rtol=0)
-    if task == "sft":  # no new head: the reloaded adapter, disabled, is the base model dir
-        from transformers import AutoModelForCausalLM
+    if task == "sft":  # no new head: the reloaded adapter, disabled, is the base model
+        from lmtune.models.load import load_pretrained  # (quantized as training had it)
 
         model, _ = open_run(s.out).load()
-        base = AutoModelForCausalLM.from_pretrained(s.cfg.model, dtype=torch.float32)
+        base = load_pretrained("AutoModelForCausalLM", s.cfg.model, False, "sdpa",
+                               quantize=s.cfg.quantization)
         with model.disable_adapter():
             torch.testing.assert_close(logits(model, batch), logits(base, batch))
 
@@ -146,3 +148,51 @@ def test_frozen_linears_held_in_bf16_change_no_number_under_autocast(tiny_llama,
     with torch.no_grad(), autocast():
         got = model(input_ids=ids).logits.float()
     assert torch.equal(got, want)
+
+
+def sft_config(tiny_llama, chat_jsonl, out, *extra):
+    return load_config(None, ["task=sft", f"model={tiny_llama}", f"data.train={chat_jsonl}",
+                              f"output_dir={out}", "train.precision=fp32", "train.threads=1",
+                              "train.batch_size=16", "train.max_length=64", "train.warmup=0",
+                              "eval.generate_samples=0", "train.log_every=1", *extra])
+
+
+def test_qlora_keeps_learning_through_validation_passes(tiny_llama, chat_jsonl, tmp_path):
+    """A no-grad forward (validation after every step) must not switch bitsandbytes' 4-bit
+    layers to their CPU inference kernel (on CPUs with avx512_bf16 that stops the gradients,
+    or fails outright): the adapter keeps learning."""
+    import bitsandbytes as bnb
+
+    from tests.conftest import metric_rows, train_tracked
+
+    cfg = sft_config(tiny_llama, chat_jsonl, tmp_path / "run", "train.eval_every=1",
+                     "train.max_steps=8", *case("qlora").config())
+    s, result, base, unchanged = train_tracked(cfg)
+    layers = [m for m in s.module.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    assert not unchanged
+    curve = [r["loss"] for r in metric_rows(tmp_path / "run") if "lr" in r]
+    assert curve[-1] < curve[0] and result.test["loss"] < base["loss"]
+
+
+def test_an_8_bit_base_trains_and_reloads_exactly(tiny_llama, chat_jsonl, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg = sft_config(tiny_llama, chat_jsonl, tmp_path / "run", "train.max_steps=4",
+                     "quantize=int8", *case("lora").config())
+    s = prepare(cfg)
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in s.module.modules())
+    finish(s, fit(s, progress=False))
+    batch = inputs("sft")
+    model, _ = open_run(s.out).load()
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    torch.testing.assert_close(logits(model, batch), logits(s.module, batch), atol=0, rtol=0)
+
+
+def test_quantizing_a_method_that_trains_the_base_is_refused():
+    from lmtune.errors import LmtuneError
+
+    with pytest.raises(LmtuneError, match="quantize: quantizes the frozen base"):
+        load_config(None, ["method=full", "quantize=nf4"])
+    assert load_config(None, ["method=qlora"]).quantization == "nf4"
+    assert load_config(None, ["method=lora"]).quantization == "none"

@@ -26,9 +26,8 @@ class Generator(Decoder):
         if not task.decodes:
             raise LmtuneError(f"{path}: a task={task.name} model does not generate text; use "
                               f"`lmtune predict` or `lmtune eval`")
-        model, tokenizer = run.load(cache_dir=cache_dir)
-        if run.mergeable:  # an adapter: fold it in, decode at the speed of the base model
-            model = model.merge_and_unload()
+        # an adapter is folded in: decoding runs at the speed of the base model
+        model, tokenizer = run.load(cache_dir=cache_dir, merge=True)
         super().__init__(model, tokenizer, task.decode_kind(tokenizer),
                          run.config.generate if run.config else None,
                          runtime.resolve_precision(precision),

@@ -32,6 +32,8 @@ class Method:
     default_lr: float = 7e-5
     # (cfg) -> a function of a parameter's name giving its LR multiplier, or None (all 1).
     lr_scale: Callable | None = None
+    # How the frozen base is quantized unless `quantize=` says otherwise: none, int8, nf4.
+    quantize: str = "none"
 
 
 METHODS: dict[str, Method] = {}

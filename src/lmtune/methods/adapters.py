@@ -104,10 +104,11 @@ def lora_plus(cfg) -> Callable[[str], float] | None:
 
 
 def adapter(name: str, build: Callable, help: str, default_lr: float = 7e-5,
-            bf16_frozen: bool = True, lr_scale: Callable | None = None) -> Method:
+            bf16_frozen: bool = True, lr_scale: Callable | None = None,
+            quantize: str = "none") -> Method:
     return register(Method(name, peft_method(build), help, section="lora", mergeable=True,
                            adapter=True, default_lr=default_lr, bf16_frozen=bf16_frozen,
-                           lr_scale=lr_scale))
+                           lr_scale=lr_scale, quantize=quantize))
 
 
 # LoHa, LoKr and BOFT barely move at LoRA's learning rate: 10x, as measured on this project's
@@ -119,6 +120,10 @@ LORA = adapter("lora", lora_config, "low-rank adapters on the projections",
 DORA = adapter("dora", lambda s, t, tt: lora_config(s, t, tt, use_dora=True),
                "LoRA with the weight's magnitude trained apart from its direction",
                bf16_frozen=False, lr_scale=lora_plus)
+# QLoRA: LoRA over a 4-bit NF4 base (bitsandbytes); the quantized weights are not float, so
+# nothing is held in bf16 on top.
+QLORA = adapter("qlora", lora_config, "LoRA on a 4-bit NF4 base (bitsandbytes)",
+                bf16_frozen=False, lr_scale=lora_plus, quantize="nf4")
 LOHA = adapter("loha", loha_config, "low-rank Hadamard-product adapters", 7e-4)
 LOKR = adapter("lokr", lokr_config, "low-rank Kronecker-product adapters", 7e-4)
 VERA = adapter("vera", vera_config, "shared random low-rank matrices, trained scaling vectors")

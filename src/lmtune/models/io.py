@@ -25,36 +25,55 @@ def save_model(model: nn.Module, tokenizer, path: Path,
     """
     model.save_pretrained(path, state_dict=state_dict)
     if is_peft(model):
-        model.get_base_model().config.save_pretrained(path)
+        plain_config(model.get_base_model().config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     if any(p.suffix in (".bin", ".pt", ".pth") for p in path.iterdir()):
         raise RuntimeError(f"{path}: a pickle-based weight file was written; expected "
                            "safetensors only")
 
 
+def plain_config(config):
+    """The base's config without `quantization_config`: beside an adapter it describes the
+    base model (its labels), and transformers would read the marker as "these weights are
+    already quantized" when the base is loaded from its own, full-precision files."""
+    import copy
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
 def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
                attention: str = "sdpa", auto_class: str = "AutoModelForSequenceClassification",
-               cache_dir: str = ""):
+               cache_dir: str = "", quantize: str = "none", keep: tuple[str, ...] = (),
+               merge: bool = False):
     """(model, tokenizer) from a saved model dir, loaded with transformers' `auto_class`;
-    adapters are applied to their base model."""
-    import torch
-    import transformers
+    adapters are applied to their base model, quantized as in training (`quantize`, with
+    the modules in `keep` whole). `merge`: the adapter folded into the base, a plain model;
+    a quantized base is dequantized first, since merging into 4 or 8 bits would round the
+    adapter's update away."""
     from transformers import AutoConfig
+
+    from lmtune.models.load import load_pretrained
 
     if not (model_dir / "config.json").exists():
         raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
                           "run finish?")
-    cls = getattr(transformers, auto_class)
     tokenizer = load_tokenizer(str(model_dir), trust_remote_code)
-    kwargs = dict(trust_remote_code=trust_remote_code, attn_implementation=attention,
-                  dtype=torch.float32)
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
+    if not (model_dir / "adapter_config.json").exists():
+        model = load_pretrained(auto_class, str(model_dir), trust_remote_code, attention)
+        return model.eval(), tokenizer
+    from peft import PeftModel
 
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        base = cls.from_pretrained(resolve_model(base_model, cache_dir), config=config,
-                                   **kwargs)
-        model = PeftModel.from_pretrained(base, model_dir)
-    else:
-        model = cls.from_pretrained(model_dir, **kwargs)
+    config = plain_config(AutoConfig.from_pretrained(model_dir,
+                                                     trust_remote_code=trust_remote_code))
+    base = load_pretrained(auto_class, resolve_model(base_model, cache_dir),
+                           trust_remote_code, attention, quantize=quantize, keep=keep,
+                           config=config)
+    if merge and quantize != "none":
+        base = base.dequantize()  # the numbers the quantized layers computed with, in fp32
+    model = PeftModel.from_pretrained(base, model_dir)
+    if merge:
+        model = model.merge_and_unload()
     return model.eval(), tokenizer

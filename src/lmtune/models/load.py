@@ -101,17 +101,57 @@ def attention_impl(requested: str, device: str, eager_on_cpu: bool = False) -> s
 
 
 def load_pretrained(auto_class: str, path: str, trust_remote_code: bool, attention: str,
-                    dtype: str = "float32", **kwargs):
+                    dtype: str = "float32", quantize: str = "none",
+                    keep: tuple[str, ...] = (), **kwargs):
     """`transformers.<auto_class>.from_pretrained(path)`: the class a task trains (sequence
     classifier, causal LM, masked LM, encoder-decoder), in `dtype` (fp32 master weights:
-    bf16 runs under autocast; "auto" would keep a hub model's bf16)."""
+    bf16 runs under autocast; "auto" would keep a hub model's bf16); with `quantize` (int8,
+    nf4) its linear layers in bitsandbytes' 8- or 4-bit form, except the modules named in
+    `keep` (a new task head) and the output layer."""
     import torch
     import transformers
 
     cls = getattr(transformers, auto_class)
-    return _hub_call(path, lambda: cls.from_pretrained(
+    if quantize != "none":
+        kwargs["quantization_config"] = quantization_config(quantize, keep)
+    model = _hub_call(path, lambda: cls.from_pretrained(
         path, trust_remote_code=trust_remote_code, attn_implementation=attention,
         dtype=getattr(torch, dtype), **kwargs))
+    if quantize == "nf4":
+        train_safe_4bit(model)
+    return model
+
+
+def quantization_config(kind: str, keep: tuple[str, ...]):
+    try:
+        import bitsandbytes  # noqa: F401 - transformers imports it; fail here, clearly
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise LmtuneError(f"quantize={kind} needs bitsandbytes: pip install "
+                          "'lmtune[qlora]'") from None
+    # The output layer stays whole: a small decoder ties it to the input embeddings, which
+    # bitsandbytes does not quantize, and a tied 4-bit copy breaks.
+    skip = [*keep, "lm_head"]
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=skip)
+
+
+def train_safe_4bit(model) -> int:
+    """Keep bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with avx512_bf16 the first forward without gradients (any validation pass)
+    repacks each `Linear4bit` for an inference-only kernel; after that no gradient reaches
+    the adapters (a Llama's loss rises without an error; BERT fails on an in-place view).
+    Returns how many layers were set."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def load_classifier(path: str, label_names: list[str], trust_remote_code: bool,

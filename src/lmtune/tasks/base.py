@@ -56,8 +56,8 @@ class Task:
     def check(self, cfg: Config) -> None:
         """Config checks only this task knows; raise ConfigError(key, message)."""
         if cfg.eval.metric not in ("auto", *self.metrics):
-            hint = "score generated text: task=sft or seq2seq" \
-                if cfg.eval.metric in GENERATION_METRICS else f"do not suit task={self.name}"
+            hint = "scores generated text (task=sft or seq2seq)" \
+                if cfg.eval.metric in GENERATION_METRICS else "does not suit this task"
             raise ConfigError("eval.metric", f"{cfg.eval.metric} {hint}; task={self.name} "
                               f"selects by {', '.join(self.metrics)}")
         if cfg.eval.metric in GENERATION_METRICS and not cfg.eval.generate_samples:
