@@ -37,7 +37,8 @@ def test_minilm_trains_saves_and_reloads(rt_subset, tmp_path, method):
     if case(method).method.adapter:
         assert (model_dir / "adapter_model.safetensors").exists()
         adapter = json.loads((model_dir / "adapter_config.json").read_text())
-        assert adapter["peft_type"] == {"dora": "LORA"}.get(method, method.upper())
+        lora_family = {"dora": "LORA", "qlora": "LORA"}
+        assert adapter["peft_type"] == lora_family.get(method, method.upper())
     else:
         assert (model_dir / "model.safetensors").exists()
     clf = Predictor(tmp_path / "run")

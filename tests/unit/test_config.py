@@ -41,7 +41,7 @@ def test_unknown_override_suggests():
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("method=qlora", "method: must be one of full, lora"),
+    ("method=galore", "method: must be one of full, lora"),
     ("train.batch_size=0", "train.batch_size: must be > 0"),
     ("train.batch_size=2.5", "expected int"),
     ("train.group_by_length=maybe", "expected bool"),
