@@ -11,6 +11,7 @@ needs loss scaling that bf16 does not.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from functools import lru_cache
 
@@ -32,6 +33,10 @@ def configure_process() -> None:
     ONEDNN_PRIMITIVE_CACHE_CAPACITY before importing torch, or calls this.
     """
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
+    # bitsandbytes (installed for quantize=) warns on import, on CPUs with avx512_bf16, that
+    # its fast 4-bit kernel would need a hub download; every command imports it through
+    # peft, whether it quantizes or not, and the fallback kernel is what lmtune runs.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @lru_cache(maxsize=1)
