@@ -21,7 +21,7 @@ from lmtune.errors import LmtuneError
 from lmtune.eval.metrics import generation_metrics
 from lmtune.infer.predict import Predictor
 from lmtune.rundir import open_run
-from lmtune.tasks import EvalSettings, Task
+from lmtune.tasks import EvalSettings, Task, get_task
 
 
 def evaluate_run(path: str | Path, overrides: list[str] | tuple = (),
@@ -104,7 +104,8 @@ def evaluate_classifier_base(clf: Predictor, texts: list[str], labels: list[str]
     torch.manual_seed(cfg.seed)
     model = load_classifier(resolve_model(cfg.model, cfg.cache_dir), clf.label_names,
                             cfg.trust_remote_code,
-                            attention_impl(cfg.attention, runtime.device_type(), True))
+                            attention_impl(cfg.attention, runtime.device_type(),
+                                           get_task(cfg.task).eager_on_cpu))
     return evaluate_classifier(model.eval(), clf.encode(texts, labels), clf.label_names,
                                clf.batch_size, clf.pad_id, clf.autocast, progress)
 
