@@ -23,6 +23,7 @@ class MethodCase:
     # The loss ratio (end / start) a short run on a tiny *random* model must reach: methods
     # that train few numbers on a frozen random base move it least.
     learns: float = 0.98
+    checkpointing: bool = True  # works with train.gradient_checkpointing
 
     @property
     def method(self) -> Method:
@@ -44,6 +45,12 @@ CASES = (
     MethodCase("ia3", ("lora.dropout=0",), lr=1e-1, learns=0.995),
     MethodCase("oft", ADAPTER, lr=3e-2, learns=0.995),
     MethodCase("boft", ADAPTER, lr=3e-2),
+    # a few input embeddings barely steer a random base: real models show the learning
+    # (bench/methods.py)
+    MethodCase("prompt", ("prompt.virtual_tokens=8",), lr=0.3, learns=0.999),
+    MethodCase("ptuning", ("prompt.virtual_tokens=8",), lr=0.1, learns=0.999),
+    MethodCase("prefix", ("prompt.virtual_tokens=8",), lr=3e-2, learns=0.995,
+               checkpointing=False),  # a clear config error, tested
     MethodCase("freeze", ("freeze.layers=1",)),
     MethodCase("bitfit", lr=1e-2, models=("bert-classify",)),  # Llama has no biases
     MethodCase("norms", lr=5e-2, learns=0.995),

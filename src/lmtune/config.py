@@ -159,6 +159,18 @@ class LoraConfig:
 
 
 @dataclass
+class PromptConfig:
+    virtual_tokens: int = opt(20, "prefix, prompt, ptuning: how many learned virtual tokens")
+    init_text: str = opt("", "prompt: start the virtual tokens from this text's token "
+                         "embeddings, repeated to length (empty: random)")
+    encoder_hidden: int = opt(128, "ptuning: hidden width of the MLP that makes the tokens")
+
+    def __post_init__(self) -> None:
+        _positive("virtual_tokens", self.virtual_tokens)
+        _positive("encoder_hidden", self.encoder_hidden)
+
+
+@dataclass
 class FreezeConfig:
     layers: int = opt(2, "method=freeze: train the head plus this many top layers")
 
@@ -229,6 +241,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -244,6 +257,8 @@ class Config:
         if self.quantize != "none" and not METHODS[self.method].adapter:
             raise ConfigError("quantize", f"quantizes the frozen base under an adapter; "
                               f"method={self.method} trains the model's own weights")
+        if METHODS[self.method].check:
+            METHODS[self.method].check(self, TASKS[self.task])
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr
         _choice("attention", self.attention, ATTENTION)

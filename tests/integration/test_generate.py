@@ -10,6 +10,7 @@ from lmtune import pipeline
 from lmtune.config import GenerateConfig
 from lmtune.infer.generate import Generator
 from tests.conftest import chat_rows
+from tests.methods import case, names
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +148,35 @@ def test_repetition_penalty_reaches_decoding(sft_run):
     assert gen.generate(convs, GenerateConfig(max_new_tokens=12, repetition_penalty=1.0)) == plain
     penalized = gen.generate(convs, GenerateConfig(max_new_tokens=12, repetition_penalty=50.0))
     assert penalized != plain
+
+
+@pytest.mark.parametrize("method", names("llama-sft", adapter=True, mergeable=False))
+def test_prompt_learning_runs_generate_what_their_forward_predicts(tiny_llama, chat_jsonl,
+                                                                   tmp_path, method):
+    """Prompt and prefix adapters change the model's input, not its weights: generation
+    goes through peft, and its greedy answer is the one a plain argmax loop over the
+    adapted forward gives (so the virtual tokens are in place and no token is cut)."""
+    import torch
+
+    from lmtune.rundir import open_run
+
+    out = tmp_path / "run"
+    assert main(["train", "--quiet", "task=sft", "train.precision=fp32", "train.threads=1",
+                 f"model={tiny_llama}", f"data.train={chat_jsonl}", f"output_dir={out}",
+                 "train.max_steps=3", *case(method).config()]) == 0
+    gen = Generator(out, precision="fp32")
+    settings = GenerateConfig(max_new_tokens=6)
+    conv = [Message("user", PROMPTS[0])]
+    got = gen.generate([conv], settings)[0]
+    assert got == gen.generate([conv, [Message("user", PROMPTS[1])]], settings)[0]
+    model, tokenizer = open_run(out).load()
+    ids = torch.tensor([gen.encode_prompt(conv)])
+    new = []
+    with torch.no_grad():
+        for _ in range(settings.max_new_tokens):
+            nxt = model(input_ids=ids).logits[0, -1].argmax().item()
+            if nxt in gen.stop_ids:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert new and got == tokenizer.decode(new, skip_special_tokens=True).strip()

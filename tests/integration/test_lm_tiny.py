@@ -173,7 +173,7 @@ def test_mlm_then_classification_from_its_output(tiny_bert, tmp_path):
     assert json.loads((tmp_path / "clf" / "eval.json").read_text())["test"]["accuracy"] >= 0
 
 
-@pytest.mark.parametrize("method", names("llama-sft"))
+@pytest.mark.parametrize("method", [m for m in names("llama-sft") if case(m).checkpointing])
 def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, chat_jsonl, tmp_path,
                                                         method):
     common = [*SFT, f"model={tiny_llama}", f"data.train={chat_jsonl}", "train.max_steps=3",

@@ -37,8 +37,9 @@ def test_minilm_trains_saves_and_reloads(rt_subset, tmp_path, method):
     if case(method).method.adapter:
         assert (model_dir / "adapter_model.safetensors").exists()
         adapter = json.loads((model_dir / "adapter_config.json").read_text())
-        lora_family = {"dora": "LORA", "qlora": "LORA"}
-        assert adapter["peft_type"] == lora_family.get(method, method.upper())
+        peft_name = {"dora": "LORA", "qlora": "LORA", "prompt": "PROMPT_TUNING",
+                     "ptuning": "P_TUNING", "prefix": "PREFIX_TUNING"}
+        assert adapter["peft_type"] == peft_name.get(method, method.upper())
     else:
         assert (model_dir / "model.safetensors").exists()
     clf = Predictor(tmp_path / "run")

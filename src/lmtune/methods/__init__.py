@@ -34,6 +34,11 @@ class Method:
     lr_scale: Callable | None = None
     # How the frozen base is quantized unless `quantize=` says otherwise: none, int8, nf4.
     quantize: str = "none"
+    # (cfg, task) -> None: the config checks only this method knows (raise ConfigError).
+    check: Callable | None = None
+    # (model) -> a function of the optimizer step, called after each update and before the
+    # gradients are cleared (AdaLoRA reallocates its ranks there), or None.
+    after_update: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -59,6 +64,6 @@ def apply_method(model: nn.Module, cfg, task) -> nn.Module:
     return get_method(cfg.method).apply(model, cfg, task)
 
 
-from lmtune.methods import full, adapters, freeze, bitfit  # noqa: E402,F401,I001 - each registers itself
+from lmtune.methods import full, adapters, freeze, bitfit, prompts  # noqa: E402,F401,I001 - each registers itself
 
 __all__ = ["METHODS", "Method", "apply_method", "get_method", "register"]

@@ -23,21 +23,23 @@ LORA_TARGETS = {
 }
 
 
-def peft_method(build: Callable) -> Callable:
-    """`apply` for a peft adapter whose config `build(settings, targets, task_type)` makes."""
+def peft_method(build: Callable, section: str = "lora") -> Callable:
+    """`apply` for a peft adapter whose config `build(settings, targets, task_type)` makes
+    from the config section `section`."""
     def apply(model: nn.Module, cfg, task) -> nn.Module:
         from peft import TaskType, get_peft_model
 
         targets = cfg.lora.target_modules or LORA_TARGETS.get(model.config.model_type,
                                                               "all-linear")
         task_type = getattr(TaskType, task.peft_type) if task.peft_type else None
-        config = build(cfg.lora, targets, task_type)
+        config = build(getattr(cfg, section), targets, task_type)
         try:
             with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
                 return get_peft_model(model, config)
         except ValueError as e:  # no module matched target_modules, a shape it cannot adapt
-            raise LmtuneError(f"method={cfg.method}: {e} (see lora.target_modules)") from None
+            hint = " (see lora.target_modules)" if section == "lora" else ""
+            raise LmtuneError(f"method={cfg.method}: {e}{hint}") from None
     return apply
 
 

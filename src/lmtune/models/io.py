@@ -56,6 +56,7 @@ def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
     from transformers import AutoConfig
 
     from lmtune.models.load import load_pretrained
+    from lmtune.models.prompts import let_peft_pass_prefixes
 
     if not (model_dir / "config.json").exists():
         raise LmtuneError(f"{model_dir}: no saved model here (config.json missing); did the "
@@ -73,7 +74,7 @@ def load_saved(model_dir: Path, base_model: str, trust_remote_code: bool,
                            config=config)
     if merge and quantize != "none":
         base = base.dequantize()  # the numbers the quantized layers computed with, in fp32
-    model = PeftModel.from_pretrained(base, model_dir)
+    model = let_peft_pass_prefixes(PeftModel.from_pretrained(base, model_dir))
     if merge:
         model = model.merge_and_unload()
     return model.eval(), tokenizer

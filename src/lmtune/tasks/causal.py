@@ -15,6 +15,7 @@ from lmtune.config import GENERATION_METRICS, Config
 from lmtune.data import templates
 from lmtune.data.collate import Encoded, collate_lm
 from lmtune.data.lm import LMSplits, Report, encode_lm, pack
+from lmtune.models.prompts import prepended_positions
 from lmtune.tasks.base import Task
 
 
@@ -52,12 +53,14 @@ class CausalLM(Task):
         Position t predicts token t+1. `logits_to_keep` (a [B, T] bool mask) makes the model
         project only those hidden states onto the vocabulary: with SmolLM2's 49k-token
         vocabulary, the full [B, T, V] logits would dwarf the rest of the step's memory,
-        while an SFT batch trains only the assistant tokens.
+        while an SFT batch trains only the assistant tokens. Prompt-learning adapters
+        prepend V positions of their own, which are never kept.
         """
         targets = batch["targets"]
         nxt = targets[:, 1:]
         keep = torch.zeros_like(targets, dtype=torch.bool)
         keep[:, :-1] = nxt != -100
+        keep = F.pad(keep, (prepended_positions(model), 0))  # [B, V + T]
         with autocast():
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch.get("attention_mask"),
