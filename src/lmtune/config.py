@@ -29,6 +29,7 @@ GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match
 METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 QUANTIZE = ("none", "int8", "nf4")
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 
@@ -149,11 +150,15 @@ class LoraConfig:
     rslora: bool = opt(False, "rank-stabilized LoRA: scale = alpha / sqrt(r)")
     plus_ratio: float = opt(0.0, "LoRA+ (lora, dora): the B matrices' learning rate is "
                             "train.lr times this (0: off; 16 is the paper's choice)")
+    init: str = opt("default", "how LoRA's matrices start (lora, qlora): default (B = 0), "
+                    "gaussian, pissa (the weight's top singular directions), olora (its QR "
+                    "factors); pissa and olora adapters are saved as plain LoRA adapters")
 
     def __post_init__(self) -> None:
         _positive("r", self.r)
         _positive("alpha", self.alpha)
         _positive("plus_ratio", self.plus_ratio, allow_zero=True)
+        _choice("init", self.init, LORA_INITS)
         if not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 

@@ -10,6 +10,7 @@ cases (tests/methods.py × a tiny BERT classifier and a tiny Llama chat model):
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -219,3 +220,54 @@ def test_quantizing_a_method_that_trains_the_base_is_refused():
         load_config(None, ["method=full", "quantize=nf4"])
     assert load_config(None, ["method=qlora"]).quantization == "nf4"
     assert load_config(None, ["method=lora"]).quantization == "none"
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora", "gaussian"])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_lora_inits_save_a_plain_lora_adapter_that_reloads_exactly(
+        init, model_name, request, tmp_path):
+    """PiSSA and OLoRA start from the weight's own factors and train on the rest of it;
+    saved, they become a plain LoRA adapter (rank 2r) on the unchanged base: the run reloads
+    to the trained outputs (also through peft alone, on a freshly loaded base), and the
+    reload repeats no decomposition."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    model, data, task = MODELS[model_name]
+    base_path = request.getfixturevalue(model)
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"task={task}", f"model={request.getfixturevalue(model)}",
+                             f"data.train={request.getfixturevalue(data)}", f"output_dir={out}",
+                             "train.precision=fp32", "train.threads=1", "train.max_steps=4",
+                             "train.batch_size=16", "train.max_length=64",
+                             "eval.generate_samples=0", *case("lora").config(),
+                             f"lora.init={init}"])
+    s = prepare(cfg)
+    finish(s, fit(s, progress=False))
+    batch = inputs(task)
+    want = logits(s.module, batch)
+    saved = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert saved["r"] == (16 if init != "gaussian" else 8)
+    assert saved["init_lora_weights"] is True or init == "gaussian"
+    reloaded, _ = open_run(out).load()
+    torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=1e-5)
+    auto = AutoModelForCausalLM if task == "sft" else AutoModelForSequenceClassification
+    base = auto.from_pretrained(base_path, config=AutoConfig.from_pretrained(out / "model"))
+    plain = PeftModel.from_pretrained(base, out / "model")
+    torch.testing.assert_close(logits(plain, batch), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["method=qlora", "lora.init=pissa"], "lora.init"),
+    (["method=lora", "quantize=int8", "lora.init=olora"], "lora.init"),
+    (["method=dora", "lora.init=pissa"], "lora.init"),
+    (["method=loha", "lora.init=gaussian"], "lora.init"),
+    (["method=prompt", "task=mlm"], "method"),
+    (["method=prompt", "task=sft", "data.packing=true"], "data.packing"),
+    (["method=prefix", "train.gradient_checkpointing=true"], "train.gradient_checkpointing"),
+])
+def test_a_method_the_settings_cannot_use_is_a_config_error(overrides, key):
+    from lmtune.errors import LmtuneError
+
+    with pytest.raises(LmtuneError, match=f"^command line \\(.*\\): {key}: "):
+        load_config(None, overrides)

@@ -10,6 +10,7 @@ from typing import Callable
 
 from torch import nn
 
+from lmtune.config import ConfigError
 from lmtune.errors import LmtuneError
 from lmtune.methods import Method, register
 
@@ -43,11 +44,50 @@ def peft_method(build: Callable, section: str = "lora") -> Callable:
     return apply
 
 
+# lora.init → peft's init_lora_weights. PiSSA by randomized SVD (4 subspace iterations, as
+# its authors recommend for speed): saved adapters are converted to plain LoRA, so reloading
+# never repeats the decomposition.
+LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_4",
+             "olora": "olora"}
+REWRITES_BASE = ("pissa", "olora")  # inits that subtract their start from the base weights
+
+
 def lora_config(s, targets, task_type, **extra):
     from peft import LoraConfig
 
     return LoraConfig(task_type=task_type, r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                      target_modules=targets, use_rslora=s.rslora, **extra)
+                      target_modules=targets, use_rslora=s.rslora,
+                      init_lora_weights=LORA_INIT[s.init], **extra)
+
+
+def apply_lora(model: nn.Module, cfg, task) -> nn.Module:
+    """LoRA; a PiSSA or OLoRA start is kept (`initial_lora`) for saving as plain LoRA."""
+    from peft import get_peft_model_state_dict
+
+    model = peft_method(lora_config)(model, cfg, task)
+    if cfg.lora.init in REWRITES_BASE:
+        model.initial_lora = {k: v.detach().clone()
+                              for k, v in get_peft_model_state_dict(model).items()
+                              if ".lora_A." in k or ".lora_B." in k}
+    return model
+
+
+def check_lora_init(cfg, task) -> None:
+    if cfg.lora.init in REWRITES_BASE and cfg.quantization != "none":
+        raise ConfigError("lora.init", f"{cfg.lora.init} moves the weight's top factors into "
+                          f"the adapter and rewrites the base weights; a {cfg.quantization} "
+                          "base would round them. Use lora.init=default or gaussian")
+
+
+def check_lora_family(cfg, task) -> None:
+    if cfg.lora.init in REWRITES_BASE:
+        raise ConfigError("lora.init", f"{cfg.lora.init} applies to method=lora or qlora")
+
+
+def check_not_lora(cfg, task) -> None:
+    if cfg.lora.init != "default":
+        raise ConfigError("lora.init", "applies to the LoRA family (lora, dora, qlora); "
+                          f"method={cfg.method} has its own start")
 
 
 def loha_config(s, targets, task_type):
@@ -107,25 +147,28 @@ def lora_plus(cfg) -> Callable[[str], float] | None:
 
 def adapter(name: str, build: Callable, help: str, default_lr: float = 7e-5,
             bf16_frozen: bool = True, lr_scale: Callable | None = None,
-            quantize: str = "none") -> Method:
-    return register(Method(name, peft_method(build), help, section="lora", mergeable=True,
-                           adapter=True, default_lr=default_lr, bf16_frozen=bf16_frozen,
-                           lr_scale=lr_scale, quantize=quantize))
+            quantize: str = "none", apply: Callable | None = None,
+            check: Callable = check_not_lora) -> Method:
+    return register(Method(name, apply or peft_method(build), help, section="lora",
+                           mergeable=True, adapter=True, default_lr=default_lr,
+                           bf16_frozen=bf16_frozen, lr_scale=lr_scale, quantize=quantize,
+                           check=check))
 
 
 # LoHa, LoKr and BOFT barely move at LoRA's learning rate: 10x, as measured on this project's
 # CPU with MiniLM and SmolLM2 when these methods were first tried.
 LORA = adapter("lora", lora_config, "low-rank adapters on the projections",
-               lr_scale=lora_plus)
+               lr_scale=lora_plus, apply=apply_lora, check=check_lora_init)
 # DoRA reads the frozen weight itself (its column norms), not only through a matmul: held in
 # bf16 the weight would change its numbers, so it stays fp32.
 DORA = adapter("dora", lambda s, t, tt: lora_config(s, t, tt, use_dora=True),
                "LoRA with the weight's magnitude trained apart from its direction",
-               bf16_frozen=False, lr_scale=lora_plus)
+               bf16_frozen=False, lr_scale=lora_plus, check=check_lora_family)
 # QLoRA: LoRA over a 4-bit NF4 base (bitsandbytes); the quantized weights are not float, so
 # nothing is held in bf16 on top.
 QLORA = adapter("qlora", lora_config, "LoRA on a 4-bit NF4 base (bitsandbytes)",
-                bf16_frozen=False, lr_scale=lora_plus, quantize="nf4")
+                bf16_frozen=False, lr_scale=lora_plus, quantize="nf4", apply=apply_lora,
+                check=check_lora_init)
 LOHA = adapter("loha", loha_config, "low-rank Hadamard-product adapters", 7e-4)
 LOKR = adapter("lokr", lokr_config, "low-rank Kronecker-product adapters", 7e-4)
 VERA = adapter("vera", vera_config, "shared random low-rank matrices, trained scaling vectors")

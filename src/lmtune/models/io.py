@@ -1,8 +1,10 @@
 """Save a trained model as a plain HF model dir (or PEFT adapter dir) and load it back."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lmtune.errors import LmtuneError
@@ -26,10 +28,40 @@ def save_model(model: nn.Module, tokenizer, path: Path,
     model.save_pretrained(path, state_dict=state_dict)
     if is_peft(model):
         plain_config(model.get_base_model().config).save_pretrained(path)
+        if getattr(model, "initial_lora", None):
+            as_plain_lora(path, model.initial_lora)
     tokenizer.save_pretrained(path)
     if any(p.suffix in (".bin", ".pt", ".pth") for p in path.iterdir()):
         raise RuntimeError(f"{path}: a pickle-based weight file was written; expected "
                            "safetensors only")
+
+
+def as_plain_lora(path: Path, initial: dict[str, torch.Tensor]) -> None:
+    """Rewrite a saved PiSSA or OLoRA adapter as a plain LoRA adapter on the original base.
+
+    Such an adapter started at (A0, B0) taken from the weight W itself, and training ran on
+    W_res = W - s B0 A0. The trained model is W_res + s B A = W + s (B A - B0 A0), and
+    B A - B0 A0 = [B | -B0] [A ; A0]: a LoRA of twice the rank, with alpha doubled to keep
+    s (times sqrt(2) under rsLoRA, whose s is alpha / sqrt(r)). It loads on the base as
+    published, needs no decomposition on load, and merges like any LoRA. Other tensors (a
+    classifier head) are kept as they are.
+
+        A: [r, in]  → [2r, in]        B: [out, r] → [out, 2r]
+    """
+    from safetensors.torch import load_file, save_file
+
+    weights = path / "adapter_model.safetensors"
+    state = load_file(weights)
+    for k, v in state.items():
+        if ".lora_A." in k:
+            state[k] = torch.cat([v, initial[k].to(v.dtype)], dim=0)
+        elif ".lora_B." in k:
+            state[k] = torch.cat([v, -initial[k].to(v.dtype)], dim=1)
+    save_file(state, weights, metadata={"format": "pt"})
+    config = json.loads((path / "adapter_config.json").read_text())
+    config.update(init_lora_weights=True, r=2 * config["r"],
+                  lora_alpha=config["lora_alpha"] * (2 ** 0.5 if config["use_rslora"] else 2))
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
 
 def plain_config(config):
