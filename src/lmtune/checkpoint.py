@@ -5,7 +5,8 @@
         trainable.safetensors  the trainable tensors (all of them for `full`; adapter + head
                                for `lora`); frozen ones come back from the base model
         best.safetensors       the best trainable tensors so far, when not these
-        optimizer.pt           optimizer + LR scheduler state (read with weights_only=True)
+        optimizer.pt           optimizer + LR scheduler state, and a method's own state
+                               between steps (AdaLoRA) (read with weights_only=True)
         rng-R.pt               python, numpy, torch (and CUDA) RNG states of rank R
         progress.json          step, epoch, position in the epoch, counters, best metrics
         shards/                train.distributed=fsdp|deepspeed: the trainable weights, AdamW
@@ -50,6 +51,7 @@ class Loaded:
     scheduler: dict[str, Any]
     rng: dict[str, Any]
     shards: Path | None = None
+    method: dict[str, Any] | None = None  # a method's own state between steps (AdaLoRA)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -58,7 +60,8 @@ class Loaded:
 def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
          best: dict[str, torch.Tensor] | None, optimizer: dict | None, scheduler: dict,
          rngs: list[dict], progress: dict[str, Any], keep: int, best_step: int | None,
-         shards: Callable[[Path], None] | None = None, rank: int = 0) -> Path | None:
+         shards: Callable[[Path], None] | None = None, rank: int = 0,
+         method: dict | None = None) -> Path | None:
     """Write checkpoint `step-{step}` atomically; then keep the newest `keep` and the best.
 
     Sharded (`shards` given, `trainable`/`best`/`optimizer` None): every rank calls this;
@@ -84,8 +87,8 @@ def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
             if rank != 0:
                 return None
         writers: dict[str, Callable[[Path], None]] = {
-            "optimizer.pt": lambda p: torch.save({"optimizer": optimizer,
-                                                  "scheduler": scheduler}, p),
+            "optimizer.pt": lambda p: torch.save({"optimizer": optimizer, "scheduler": scheduler,
+                                                  "method": method}, p),
             "progress.json": lambda p: p.write_text(json.dumps(progress, indent=1)),
         }
         if trainable is not None:
@@ -230,11 +233,11 @@ def load_latest(root: Path, rank: int, world: int, distributed: str = "ddp"
                               f"(only plain tensors and numbers are read): {e}") from None
         if distributed != "ddp":  # weights and optimizer state are read into the sharded model
             return Loaded(path, progress, None, None, None, opt["scheduler"], rng,
-                          path / SHARDS)
+                          path / SHARDS, opt.get("method"))
         best = path / "best.safetensors"
         return Loaded(path, progress, load_file(path / "trainable.safetensors"),
                       load_file(best) if best.exists() else None,
-                      opt["optimizer"], opt["scheduler"], rng)
+                      opt["optimizer"], opt["scheduler"], rng, method=opt.get("method"))
     return None
 
 

@@ -48,6 +48,7 @@ class Setup:
     resumed: checkpoint.Loaded | None = None
     report: dict | None = None  # sft/clm/mlm/seq2seq: what the loss sees (data_report.json)
     prompts: list | None = None  # validation conversations to generate from
+    hooks: object | None = None  # what a method does between steps (`Method.hooks`)
 
     @property
     def method(self) -> Method:
@@ -107,6 +108,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
                                 else None)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)  # ours in every mode
     model = strategy.wrap(model, optimizer)
+    hooks = method.hooks(strategy.module, total_steps) if method.hooks else None
     resumed = find_checkpoint(cfg, out, strategy)
     log: Logger = NullLogger()
     if strategy.is_main:
@@ -123,7 +125,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
             log = Tee(log, logger)
     return Setup(cfg, task, task.label_names(raw), tokenizer, model, optimizer, scheduler,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
-                 vars(report) if report is not None else None, task.prompts(raw, cfg))
+                 vars(report) if report is not None else None, task.prompts(raw, cfg), hooks)
 
 
 def check_positions(cfg: Config, config) -> None:

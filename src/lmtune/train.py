@@ -115,7 +115,7 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
                 state.batch += per_step
                 # Rank r takes micro-batches r, r+world, ...: disjoint shards of one step.
                 n = sum(data.count_units(b) for b in group)  # loss terms of the whole step
-                window_loss += train_step(s, data, group[rank::world], n)
+                window_loss += train_step(s, data, group[rank::world], n, state.step + 1)
                 state.step += 1
                 state.samples += sum(map(len, group))
                 tokens = sum(lengths[i] for b in group for i in b)  # real, not padding
@@ -176,6 +176,8 @@ def start_state(s: Setup) -> FitState:
         return FitState()
     best = s.strategy.restore(r)
     s.scheduler.load_state_dict(r.scheduler)
+    if s.hooks is not None:
+        s.hooks.load_state_dict(r.method)
     checkpoint.set_rng_state(r.rng)
     p = {k: v for k, v in r.progress.items() if k not in ("world_size", "distributed")}
     state = FitState(**p)
@@ -222,6 +224,7 @@ def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
     best = state.best_weights if state.best.get("step", state.step) != state.step else None
     path = strategy.save_checkpoint(
         s.out / "checkpoints", state.step, best, scheduler=s.scheduler.state_dict(),
+        method=s.hooks.state_dict() if s.hooks else None,
         rngs=rngs, progress=state.progress(strategy.world, strategy.name),
         keep=s.cfg.train.keep_checkpoints, best_step=state.best.get("step"))
     strategy.barrier()
@@ -234,8 +237,10 @@ def _steps_in_window(state: FitState, tc) -> int:
     return (state.step - 1) % tc.log_every + 1
 
 
-def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch.Tensor:
-    """One optimizer step over this rank's micro-batches `group`; returns its loss share.
+def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int, step: int
+               ) -> torch.Tensor:
+    """Optimizer step `step` (counted from 1) over this rank's micro-batches `group`;
+    returns its loss share (without a method's penalty term).
 
     Each micro-batch's summed loss is divided by `n`, the loss terms (samples, or trained
     tokens) of the *whole* effective batch over all ranks, and multiplied by the world size
@@ -244,16 +249,19 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int) -> torch
     trained tokens, weighs by what it holds. Summed over ranks, the returned values are the
     step's mean loss.
     """
-    strategy, task = s.strategy, s.task
+    strategy, task, hooks = s.strategy, s.task, s.hooks
     scale = strategy.world / max(n, 1)
     total = torch.zeros((), device=strategy.device)
     for j, idx in enumerate(group):
         batch = task.batch(data, idx, s.pad_id, strategy.device)
-        with strategy.accumulating(last=j == len(group) - 1):
+        last = j == len(group) - 1
+        with strategy.accumulating(last=last):
             loss = task.loss_sum(s.model, batch, s.autocast) * scale
+            total += loss.detach() / strategy.world
+            if last and hooks is not None:  # once per step and rank; DDP averages it
+                loss = loss + hooks.penalty()
             strategy.backward(loss)
-        total += loss.detach() / strategy.world
-    strategy.step()
+    strategy.step(hooks and (lambda: hooks.after_update(step)))
     s.scheduler.step()
     return total
 

@@ -108,7 +108,10 @@ def test_save_and_reload_is_exact(trained, method):
     batch = inputs(task)
     want = logits(s.module, batch)
     model, _ = open_run(s.out).load()
-    assert torch.equal(logits(model, batch), want)
+    if case(method).reload_exact:
+        assert torch.equal(logits(model, batch), want)
+    else:  # the same function, computed in another order
+        torch.testing.assert_close(logits(model, batch), want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", names(mergeable=True))

@@ -90,6 +90,11 @@ def crash():
     ("full", ["train.grad_accum=2", "train.log_every=1"], 22),
     ("lora", ["train.grad_accum=2", "train.log_every=3"], 31),
     ("freeze", ["train.log_every=1"], 50),
+    ("bitfit", ["train.log_every=1"], 30),
+    ("ia3", ["train.log_every=1"], 30),
+    ("prompt", ["train.log_every=1", "prompt.virtual_tokens=4"], 30),
+    # step 40 of 72, amid the rank reallocation: its importance scores come back too
+    ("adalora", ["train.log_every=1"], 40),
 ])
 def test_resume_after_a_crash_is_exact(tiny_bert_dropout, sentiment_csv, tmp_path,
                                        monkeypatch, method, extra, call):

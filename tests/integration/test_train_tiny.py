@@ -10,7 +10,7 @@ from lmtune.infer.predict import Predictor
 from lmtune.models.params import count_parameters
 from lmtune.prepare import prepare
 from lmtune.train import finish, fit
-from tests.methods import names
+from tests.methods import case, names
 
 
 def run(overrides, extra=()):
@@ -65,7 +65,10 @@ def test_save_load_predict_round_trip_is_exact(tiny_overrides, tmp_path, method)
     clf = Predictor(tmp_path / "run", precision="fp32")
     with torch.no_grad():
         got = clf.model(**enc).logits
-    assert torch.equal(got, want)
+    if case(method).reload_exact:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     preds = clf(texts)
     assert [p["label"] for p in preds] == [model.config.id2label[i]
                                            for i in want.argmax(-1).tolist()]

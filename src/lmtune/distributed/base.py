@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,11 +83,14 @@ class Strategy:
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
 
-    def step(self) -> None:
-        """Clip, update, clear: the end of one optimizer step."""
+    def step(self, after_update: Callable[[], None] | None = None) -> None:
+        """Clip, update, clear: the end of one optimizer step. `after_update` runs between
+        the update and the clearing, while the gradients are still there."""
         if self.tc.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
         self.optimizer.step()
+        if after_update is not None:
+            after_update()
         self.optimizer.zero_grad(set_to_none=True)
 
     # ----------------------------------------------------------------------- state

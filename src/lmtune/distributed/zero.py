@@ -122,9 +122,10 @@ class Zero(Sharded):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> None:
+    def step(self, after_update=None) -> None:
         """Reduce (stage 1), clip, update: the end of one optimizer step on every rank.
-        ZeRO averages over ranks as DDP does."""
+        ZeRO averages over ranks as DDP does. (No method that acts between steps runs
+        under ZeRO: its config check refuses.)"""
         self.engine.step()
 
     # ------------------------------------------------------------------ best weights

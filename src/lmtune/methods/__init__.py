@@ -36,9 +36,11 @@ class Method:
     quantize: str = "none"
     # (cfg, task) -> None: the config checks only this method knows (raise ConfigError).
     check: Callable | None = None
-    # (model) -> a function of the optimizer step, called after each update and before the
-    # gradients are cleared (AdaLoRA reallocates its ranks there), or None.
-    after_update: Callable | None = None
+    # (model, total_steps) -> what the loop calls during training, for a method that acts
+    # between steps (AdaLoRA): after_update(step) after each optimizer update, before the
+    # gradients are cleared; penalty() -> a loss term added once per step; state_dict() and
+    # load_state_dict() for checkpoints.
+    hooks: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -64,6 +66,6 @@ def apply_method(model: nn.Module, cfg, task) -> nn.Module:
     return get_method(cfg.method).apply(model, cfg, task)
 
 
-from lmtune.methods import full, adapters, freeze, bitfit, prompts  # noqa: E402,F401,I001 - each registers itself
+from lmtune.methods import full, adapters, adalora, freeze, bitfit, prompts  # noqa: E402,F401,I001 - each registers itself
 
 __all__ = ["METHODS", "Method", "apply_method", "get_method", "register"]
