@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from lmtune.methods import METHODS, Method
 
 
-MODELS = ("bert-classify", "llama-sft")  # the tiny models of the contract tests
+MODELS = ("bert-classify", "llama-sft", "t5-seq2seq")  # the tiny models of the contracts
 
 
 @dataclass(frozen=True)

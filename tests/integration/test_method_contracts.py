@@ -1,5 +1,5 @@
 """The contract every fine-tuning method keeps, checked over one table of (method, tiny model)
-cases (tests/methods.py × a tiny BERT classifier and a tiny Llama chat model):
+cases (tests/methods.py × a tiny BERT classifier, a tiny Llama chat model and a tiny T5):
 
 - training moves every trainable tensor and no frozen one, and the loss stays finite;
 - a save/load round trip through the run dir gives exactly the trained model's outputs;
@@ -27,6 +27,7 @@ from tests.methods import CASES, case, names
 MODELS = {  # name: (model fixture, data fixture, task)
     "bert-classify": ("tiny_bert", "sentiment_csv", "classify"),
     "llama-sft": ("tiny_llama", "chat_jsonl", "sft"),
+    "t5-seq2seq": ("tiny_t5", "pairs_jsonl", "seq2seq"),
 }
 
 
@@ -37,7 +38,10 @@ def test_every_registered_method_has_a_case():
 def inputs(task: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
     ids = torch.randint(5, 30, (3, 12))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if task == "seq2seq":  # teacher forcing on a made-up answer
+        batch["decoder_input_ids"] = torch.randint(5, 30, (3, 7))
+    return batch
 
 
 def logits(model, batch) -> torch.Tensor:
@@ -233,8 +237,8 @@ def test_lora_inits_save_a_plain_lora_adapter_that_reloads_exactly(
     saved, they become a plain LoRA adapter (rank 2r) on the unchanged base: the run reloads
     to the trained outputs (also through peft alone, on a freshly loaded base), and the
     reload repeats no decomposition."""
+    import transformers
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     model, data, task = MODELS[model_name]
     base_path = request.getfixturevalue(model)
@@ -254,8 +258,9 @@ def test_lora_inits_save_a_plain_lora_adapter_that_reloads_exactly(
     assert saved["init_lora_weights"] is True or init == "gaussian"
     reloaded, _ = open_run(out).load()
     torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=1e-5)
-    auto = AutoModelForCausalLM if task == "sft" else AutoModelForSequenceClassification
-    base = auto.from_pretrained(base_path, config=AutoConfig.from_pretrained(out / "model"))
+    auto = getattr(transformers, get_task(task).model_class)
+    config = transformers.AutoConfig.from_pretrained(out / "model")
+    base = auto.from_pretrained(base_path, config=config)
     plain = PeftModel.from_pretrained(base, out / "model")
     torch.testing.assert_close(logits(plain, batch), want, atol=1e-5, rtol=1e-5)
 

@@ -24,9 +24,13 @@ def metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+# One method per family: the model's own weights, LoRA, prompt learning, and a method that
+# acts between steps (AdaLoRA: its rank reallocation reads the gradients DDP averaged).
+@pytest.mark.parametrize("method", ["full", "lora", "prompt", "adalora"])
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_bert, sentiment_csv,
-                                                             tmp_path):
-    base = [f"model={tiny_bert}", f"data.train={sentiment_csv}", *COMMON]
+                                                             tmp_path, method):
+    base = [f"model={tiny_bert}", f"data.train={sentiment_csv}", *COMMON, f"method={method}",
+            "lora.r=4", "prompt.virtual_tokens=4"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
     proc = subprocess.run(
@@ -36,8 +40,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_bert, sentiment
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run dir") == 1  # only rank 0 prints the summary
 
-    wa = load_file(one / "model" / "model.safetensors")
-    wb = load_file(two / "model" / "model.safetensors")
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    wa, wb = load_file(one / "model" / name), load_file(two / "model" / name)
     assert wa.keys() == wb.keys()
     for k in wa:  # gloo sums gradients in another order: equal up to float rounding
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4,
