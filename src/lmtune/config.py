@@ -229,7 +229,8 @@ class Config:
     model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
                      "minilm2minilm)")
     method: str = opt("full", "fine-tuning method: full, freeze, bitfit, norms, lora, dora, "
-                      "qlora, loha, lokr, vera, ia3, oft, boft")
+                      "qlora, adalora, loha, lokr, vera, ia3, oft, boft, prompt, ptuning, "
+                      "prefix")
     quantize: str = opt("none", "adapter methods: load the frozen base in 8 bits (int8) or "
                         "4-bit NF4 (nf4; bitsandbytes); qlora means lora with nf4")
     seed: int = opt(42, "seed for data order, splits and initialization")
