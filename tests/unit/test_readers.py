@@ -150,3 +150,28 @@ def test_labeled_reads_rows_with_column_mapping(tmp_path):
                                             for i in range(9)))
     part = labeled(read_path(p), DataConfig(text_column="review", label_column="stars"))
     assert part.texts[:3] == ["t0", "t1", "t2"] and part.labels[:3] == ["0", "1", "2"]
+
+
+def test_a_pandas_index_column_is_read_as_pandas_names_it(tmp_path):
+    """`DataFrame.to_csv(path, sep="\\t")` writes the index under an empty header cell."""
+    p = write(tmp_path, "data.tsv", "\ttext\tlabel\n0\tgood film\tpos\n1\tdull\tneg\n"
+              "2\tfine\tpos\n3\tbad\tneg\n")
+    table = read_path(p)
+    assert table.columns == ["Unnamed: 0", "text", "label"]
+    assert table.rows[1] == {"Unnamed: 0": "1", "text": "dull", "label": "neg"}
+    got = labeled(table, DataConfig(train=str(p)))
+    assert got.texts[:2] == ["good film", "dull"] and got.labels[:2] == ["pos", "neg"]
+
+
+def test_a_field_longer_than_pythons_csv_limit_is_read(tmp_path):
+    import csv
+
+    doc = "word " * 400_000  # 2 MB in one quoted cell
+    p = write(tmp_path, "long.csv", f'text,label\n"{doc}",pos\nshort,neg\n')
+    before = csv.field_size_limit()
+    table = read_path(p)
+    assert table.rows[0]["text"] == doc and table.rows[1]["text"] == "short"
+    assert csv.field_size_limit() == before  # the process-wide setting is put back
+    bad = write(tmp_path, "bad.csv", f'text,label\nok,pos\n"{doc},neg\nmore,pos\n')
+    with pytest.raises(LmtuneError, match=r"bad.csv:3: malformed CSV row.*unclosed quote"):
+        read_path(bad)

@@ -85,7 +85,20 @@ def _sniff_delimiter(text: str) -> str:
 
 
 def read_csv(text: str, source: str, delimiter: str | None = None) -> Table:
+    """Rows of a CSV/TSV file. A field may be as long as the file: Python's csv module
+    refuses fields over 128 KiB by default, and a long document in one cell is valid CSV
+    (truncation to `train.max_length` comes later). The limit is the module's process-wide
+    setting, so it is raised only while this file is read."""
     delimiter = delimiter or _sniff_delimiter(text)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        return _read_csv(text, source, delimiter)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_csv(text: str, source: str, delimiter: str) -> Table:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows, lines, header = [], [], None
     start = 1
@@ -113,10 +126,10 @@ def read_csv(text: str, source: str, delimiter: str | None = None) -> Table:
 
 
 def _check_header(record: list[str], source: str) -> list[str]:
-    header = [h.strip() for h in record]
+    """The column names. An empty one is named as pandas names it, `Unnamed: I` (0-based):
+    `DataFrame.to_csv` writes its index under an empty header cell."""
+    header = [h.strip() or f"Unnamed: {i}" for i, h in enumerate(record)]
     for i, name in enumerate(header):
-        if not name:
-            raise LmtuneError(f"{source}:1: header column {i + 1} has no name")
         if name in header[:i]:
             raise LmtuneError(f"{source}:1: header names column {name!r} twice")
     return header
