@@ -30,6 +30,7 @@ METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 QUANTIZE = ("none", "int8", "nf4")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
+TRUNCATION = ("prompt_middle", "end")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 
@@ -71,10 +72,14 @@ class DataConfig:
                         "sample attends only to itself)")
     drop_unlearnable: bool = opt(False, "sft: drop samples left with no trained token "
                                  "(after truncation) instead of stopping with an error")
+    truncation: str = opt("prompt_middle", "sft: how a conversation longer than "
+                          "train.max_length is cut: prompt_middle (drop the middle of the "
+                          "prompt before the first trained turn, so the answer stays) or end")
     max_samples: int = opt(0, "use only the first N rows of each split (0: all)")
     mlm_probability: float = opt(0.15, "mlm: share of tokens masked")
 
     def __post_init__(self) -> None:
+        _choice("truncation", self.truncation, TRUNCATION)
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise ConfigError(key, f"must be in (0, 0.5); got {getattr(self, key)}")
@@ -100,7 +105,8 @@ class TrainConfig:
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
-    max_length: int = opt(128, "truncate inputs to this many tokens")
+    max_length: int = opt(0, "truncate inputs to this many tokens (0: the task's own length: "
+                          "1024 for sft, capped at the model's positions; 128 otherwise)")
     group_by_length: bool = opt(True, "batch samples of similar length (less padding)")
     precision: str = opt("auto", "auto (bf16 autocast where the hardware runs bf16 "
                          "natively, else fp32), bf16, fp32; never fp16")
@@ -125,10 +131,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("epochs", self.epochs)
-        for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
+        for key in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive(key, getattr(self, key))
         for key in ("max_steps", "eval_every", "threads", "warmup", "weight_decay",
-                    "max_grad_norm", "checkpoint_every"):
+                    "max_grad_norm", "checkpoint_every", "max_length"):
             _positive(key, getattr(self, key), allow_zero=True)
         if self.lr is not None:
             _positive("lr", self.lr)
@@ -257,6 +263,9 @@ class Config:
         from lmtune.tasks import TASKS
 
         _choice("task", self.task, tuple(TASKS))
+        if not self.train.max_length:  # the task's own; capped at the model's positions
+            self.train.max_length = TASKS[self.task].max_length
+            self.train.length_from_task = True  # not a config key: see fit_positions
         TASKS[self.task].check(self)
         _choice("method", self.method, tuple(METHODS))
         _choice("quantize", self.quantize, QUANTIZE)

@@ -82,8 +82,9 @@ def prepare(cfg: Config, train_table: Table | None = None,
     task, method = get_task(cfg.task), get_method(cfg.method)
     # Everything that can fail on user input happens before the run dir is touched.
     raw = task.read(cfg, train_table)
-    out = rundir.check_run_dir(cfg)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
+    fit_positions(cfg, model_path)
+    out = rundir.check_run_dir(cfg)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     model = load_pretrained(task.model_class, model_path, cfg.trust_remote_code,
                             attention_impl(cfg.attention, runtime.device_type(),
@@ -91,7 +92,6 @@ def prepare(cfg: Config, train_table: Table | None = None,
                             method.load_dtype, cfg.quantization, task.head_modules,
                             **task.model_kwargs(raw))
     data, report = task.encode(cfg, tokenizer, raw, model.config)
-    check_positions(cfg, model.config)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
         model.gradient_checkpointing_enable({"use_reentrant": False})
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
@@ -128,13 +128,22 @@ def prepare(cfg: Config, train_table: Table | None = None,
                  vars(report) if report is not None else None, task.prompts(raw, cfg), hooks)
 
 
-def check_positions(cfg: Config, config) -> None:
-    """train.max_length may not pass the positions the model was trained with."""
+def fit_positions(cfg: Config, model_path: str) -> None:
+    """train.max_length may not pass the positions the model was trained with: the task's
+    own length is capped there (before the run dir is compared, so a resumed run agrees),
+    a length the user set is an error. Reads the model's config, not its weights."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     limit = getattr(config, "max_position_embeddings", None) or getattr(
         getattr(config, "encoder", None), "max_position_embeddings", None)  # bert2bert
-    if limit and cfg.train.max_length > limit:
-        raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
-                          f"{limit} positions {cfg.model} was trained with")
+    if not limit or cfg.train.max_length <= limit:
+        return
+    if getattr(cfg.train, "length_from_task", False):
+        cfg.train.max_length = limit
+        return
+    raise LmtuneError(f"train.max_length: {cfg.train.max_length} is more than the "
+                      f"{limit} positions {cfg.model} was trained with")
 
 
 def count_steps(cfg: Config, rows: int, world: int) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from lmtune.data.templates import tokenize_conversation
 from lmtune.tasks import get_task
 from lmtune.prepare import prepare
 from lmtune.train import evaluate_split, finish, fit
-from tests.conftest import (CHAT_WORDS, metric_rows, sentiment_rows, train_tracked,
+from tests.conftest import (CHAT_WORDS, chat_rows, metric_rows, sentiment_rows, train_tracked,
                             write_csv)
 from tests.methods import case, names
 
@@ -191,3 +191,51 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, chat_jsonl, 
     s = prepare(load_config(None, [*common, "train.gradient_checkpointing=true",
                                    f"output_dir={tmp_path / 'on'}"]))
     assert any(getattr(m, "gradient_checkpointing", False) for m in s.model.modules())
+
+
+def long_prompt_rows(n: int) -> list[dict]:
+    """Chats whose question runs past the tiny Llama's 256 positions; the answer is short."""
+    rows = chat_rows(n)
+    for r in rows[: n // 4]:
+        r["messages"][0]["content"] = "context: " + " ".join(CHAT_WORDS * 30) + " " + \
+            r["messages"][0]["content"]
+    return rows
+
+
+def test_sft_defaults_fit_long_prompts_and_keep_the_answer(tiny_llama, tmp_path):
+    """The task's own length (1024, capped at the model's 256 positions) and prompt-middle
+    truncation: a prompt longer than the model's positions costs prompt tokens, and every
+    answer is trained whole. Cutting the end instead leaves those rows no answer."""
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in long_prompt_rows(40)))
+    common = ["task=sft", f"model={tiny_llama}", f"data.train={data}", "train.threads=1",
+              "train.max_steps=2", "train.precision=fp32", "eval.generate_samples=0"]
+    cfg = load_config(None, [*common, f"output_dir={tmp_path / 'run'}"])
+    assert cfg.train.max_length == 1024
+    s = prepare(cfg)
+    assert s.cfg.train.max_length == 256  # capped at the model's positions
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["truncated"] > 0 and report["unlearnable"] == 0
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    for conv in s.data["train"].input_ids:  # every long row ends with its whole answer
+        assert len(conv) <= 256
+    long_rows = [i for i, ids in enumerate(s.data["train"].input_ids) if len(ids) == 256]
+    assert long_rows
+    for i in long_rows:
+        ids, trained = s.data["train"].input_ids[i], s.data["train"].trained[i]
+        answer = tok.decode([t for t, keep in zip(ids, trained) if keep])
+        assert answer.strip().startswith(tuple(CHAT_WORDS))
+        assert tok.decode(ids[:40]).count("context") == 1  # the prompt's start stays
+    assert main(["train", "--quiet", *common, "data.truncation=end",
+                 f"output_dir={tmp_path / 'end'}"]) == 2  # no token left to train on
+
+
+def test_a_max_length_beyond_the_models_positions_is_an_error_when_set(tiny_llama, chat_jsonl,
+                                                                        tmp_path, capsys):
+    assert main(["train", "--quiet", "task=sft", f"model={tiny_llama}",
+                 f"data.train={chat_jsonl}", "train.max_length=1024",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "1024 is more than the 256 positions" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -81,7 +81,7 @@ def _end_of_turn(tokenizer, text: str, start: int, end: int, m: Message) -> int:
 
 
 def tokenize_conversation(tokenizer, conv: Conversation, train_on: str,
-                          max_length: int) -> Tokenized:
+                          max_length: int, truncation: str = "end") -> Tokenized:
     text, turn_spans = spans(tokenizer, conv, train_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
@@ -97,7 +97,25 @@ def tokenize_conversation(tokenizer, conv: Conversation, train_on: str,
         trained.append(train)
         roles[role] = roles.get(role, 0) + 1
     truncated = len(ids) > max_length
+    if truncated and truncation == "prompt_middle":
+        ids, trained = cut_prompt_middle(ids, trained, max_length)
     return Tokenized(ids[:max_length], trained[:max_length], roles, truncated)
+
+
+def cut_prompt_middle(ids: list[int], trained: list[bool], max_length: int
+                      ) -> tuple[list[int], list[bool]]:
+    """Make room by dropping tokens from the middle of the prompt (everything before the
+    first trained token), so that a long prompt costs prompt tokens, not the answer:
+
+        [system, start of the question]  ···dropped···  [end of the question, header] answer
+
+    Both ends of the prompt stay: the template's opening and the instruction, and the
+    turn's last words and the assistant header the answer follows. What the prompt cannot
+    give is then cut from the end, as `end` truncation does."""
+    first = next((i for i, t in enumerate(trained) if t), len(ids))
+    drop = min(len(ids) - max_length, max(first - 2, 0))  # keep a token at each end
+    head = (first - drop) // 2
+    return ids[:head] + ids[head + drop:], trained[:head] + trained[head + drop:]
 
 
 def tokenize_text(tokenizer, text: str, max_length: int, add_eos: bool) -> list[Tokenized]:

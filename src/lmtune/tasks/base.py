@@ -52,6 +52,7 @@ class Task:
     architectures: tuple[str, ...] = ()  # architecture-name endings of models made for it
     packs = False  # can pack several samples into one row (data.packing)
     head_modules: tuple[str, ...] = ()  # modules a new task head adds (they always train)
+    max_length = 128  # train.max_length unless set
 
     def check(self, cfg: Config) -> None:
         """Config checks only this task knows; raise ConfigError(key, message)."""

@@ -73,6 +73,7 @@ class Sft(CausalLM):
     name = "sft"
     peft_type = "CAUSAL_LM"
     conversations = True
+    max_length = 1024  # an ordinary chat with its answer; a classifier's 128 cuts most
     generates = True
     metrics = ("loss", *GENERATION_METRICS)
     headline = ("loss", "perplexity", *GENERATION_METRICS)
@@ -80,7 +81,7 @@ class Sft(CausalLM):
 
     def tokenize(self, tokenizer, cfg: Config):
         return lambda conv: [templates.tokenize_conversation(
-            tokenizer, conv, cfg.data.train_on, cfg.train.max_length)]
+            tokenizer, conv, cfg.data.train_on, cfg.train.max_length, cfg.data.truncation)]
 
     def encode(self, cfg: Config, tokenizer, raw: LMSplits, model_config
                ) -> tuple[dict[str, Encoded], Report]:
