@@ -47,6 +47,22 @@ def _choice(key: str, value, allowed: tuple) -> None:
         raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
+def parse_class_weights(text: str) -> dict[str, float]:
+    """'fresh=1,rotten=2.5' → {"fresh": 1.0, "rotten": 2.5}."""
+    out = {}
+    for part in text.split(","):
+        label, sep, weight = part.strip().rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or not label or value <= 0:
+            raise ConfigError("class_weights", f"must be auto, none or 'label=weight,...' "
+                              f"with weights > 0; got {text!r}")
+        out[label] = value
+    return out
+
+
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}; got {value}")
@@ -105,6 +121,10 @@ class TrainConfig:
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
+    class_weights: str = opt("auto", "classify: each class's weight in the loss: auto "
+                             "(inverse class frequency when the largest class has 1.5x the "
+                             "rows of the smallest or more, else equal), none, or "
+                             "'label=weight,...' (unnamed labels weigh 1)")
     max_length: int = opt(0, "truncate inputs to this many tokens (0: the task's own length: "
                           "1024 for sft, capped at the model's positions; 128 otherwise)")
     group_by_length: bool = opt(True, "batch samples of similar length (less padding)")
@@ -138,6 +158,8 @@ class TrainConfig:
             _positive(key, getattr(self, key), allow_zero=True)
         if self.lr is not None:
             _positive("lr", self.lr)
+        if self.class_weights not in ("auto", "none"):
+            parse_class_weights(self.class_weights)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("distributed", self.distributed, DISTRIBUTED)
@@ -282,15 +304,6 @@ class Config:
         if self.resume and self.overwrite:
             raise ConfigError("resume", "resume=true continues a run and overwrite=true "
                               "replaces it; set only one")
-
-    @property
-    def metric(self) -> str:
-        """The validation metric that picks the best model."""
-        if self.eval.metric != "auto":
-            return self.eval.metric
-        from lmtune.tasks import TASKS
-
-        return TASKS[self.task].default_metric
 
     @property
     def quantization(self) -> str:

@@ -49,6 +49,7 @@ class Setup:
     report: dict | None = None  # sft/clm/mlm/seq2seq: what the loss sees (data_report.json)
     prompts: list | None = None  # validation conversations to generate from
     hooks: object | None = None  # what a method does between steps (`Method.hooks`)
+    metric: str = "loss"  # the validation metric that picks the best model
 
     @property
     def method(self) -> Method:
@@ -125,7 +126,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
             log = Tee(log, logger)
     return Setup(cfg, task, task.label_names(raw), tokenizer, model, optimizer, scheduler,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
-                 vars(report) if report is not None else None, task.prompts(raw, cfg), hooks)
+                 vars(report) if report is not None else None, task.prompts(raw, cfg), hooks,
+                 task.metric_for(cfg, raw))
 
 
 def fit_positions(cfg: Config, model_path: str) -> None:

@@ -286,7 +286,7 @@ def validate(s: Setup, state: FitState, epoch: int) -> None:
         metrics |= evaluate_generation(s.module, s.tokenizer, s.task.decode_kind(s.tokenizer),
                                        s.cfg, s.prompts, s.precision, s.strategy.ranks)
     state.last_eval_step = state.step
-    name = s.cfg.metric
+    name = s.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})
     better = (not state.best or
               (metrics[name] < state.best[name] if name == "loss"
@@ -325,8 +325,12 @@ def finish(s: Setup, state: FitState) -> RunResult:
                                lambda p: save_model(model, s.tokenizer, p, weights))
         if test is not None:
             rundir.atomic_write_json(s.out / "eval.json", {"test": test})
-        rundir.atomic_write_json(s.out / "summary.json", summary_json(s, result))
+        warnings = s.task.warnings(test, s.data) if test is not None else []
+        rundir.atomic_write_json(s.out / "summary.json",
+                                 summary_json(s, result) | {"warnings": warnings})
         print(summary(s, result, model))
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
     s.logger.close()
     return result
 
@@ -341,8 +345,8 @@ def summary_json(s: Setup, r: RunResult) -> dict:
             "epochs": round(r.steps / s.steps_per_epoch, 4), "seconds": r.train_seconds,
             "samples_per_second": r.samples_per_second,
             "tokens_per_second": r.tokens_per_second,
-            "best": {"step": r.best.get("step"), "metric": s.cfg.metric,
-                     "value": r.best.get(s.cfg.metric)},
+            "best": {"step": r.best.get("step"), "metric": s.metric,
+                     "value": r.best.get(s.metric)},
             "test": headline(s, r.test) if r.test is not None else None,
             "peak_memory_mb": r.peak_memory_mb}
 
@@ -358,8 +362,8 @@ def summary(s: Setup, r: RunResult, model) -> str:
             ("train time", f"{r.train_seconds:.1f} s; training steps ran at "
                            f"{r.samples_per_second:.1f} rows/s, "
                            f"{r.tokens_per_second:.0f} tokens/s"),
-            (f"best validation {s.cfg.metric}",
-             f"{r.best[s.cfg.metric]:.4f} (step {r.best['step']})")]
+            (f"best validation {s.metric}",
+             f"{r.best[s.metric]:.4f} (step {r.best['step']})")]
     if r.test is not None:
         rows += [(f"test {k}", f"{v:.4f}") for k, v in headline(s, r.test).items()]
     rows += [("peak memory", f"{r.peak_memory_mb:,.0f} MB"), ("run dir", str(s.out))]

@@ -234,3 +234,55 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_overrides):
     # the schedule scales every group alike: the ratio holds after the steps
     lrs = sorted({g["lr"] for g in s.optimizer.param_groups})
     assert lrs[-1] == pytest.approx(16 * lrs[0])
+
+
+def imbalanced_csv(tmp_path, n=200, keep_neg=0.25):
+    """pos : neg = 4 : 1 (the classes are imbalanced)."""
+    from tests.conftest import sentiment_rows, write_csv
+
+    rows = sentiment_rows(n)
+    rows = [r for i, r in enumerate(rows) if r["label"] == "pos" or i % 8 == 1]
+    return write_csv(tmp_path / "imbalanced.csv", rows)
+
+
+def test_imbalanced_classes_are_weighted_and_select_by_macro_f1(tiny_bert, tmp_path):
+    """class_weights=auto: n / (k × n_c) per class, in every training batch, the loss a
+    weighted sum; eval.metric=auto picks the best model by macro-F1."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    data = imbalanced_csv(tmp_path)
+    common = [f"model={tiny_bert}", f"data.train={data}", "train.threads=1",
+              "train.precision=fp32", "train.max_steps=3"]
+    s = prepare(load_config(None, [*common, f"output_dir={tmp_path / 'run'}"]))
+    labels = s.data["train"].labels
+    n, counts = len(labels), [labels.count(c) for c in range(2)]
+    assert max(counts) >= 3 * min(counts)
+    assert s.data["train"].class_weights == pytest.approx([n / (2 * c) for c in counts])
+    assert s.metric == "macro_f1"
+    batch = s.task.batch(s.data["train"], list(range(8)), s.pad_id, "cpu")
+    weights = torch.tensor(s.data["train"].class_weights)[batch["labels"]]
+    assert torch.equal(batch["weights"], weights)
+    logits = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = (F.cross_entropy(logits, batch["labels"], reduction="none") * weights).sum()
+    torch.testing.assert_close(s.task.loss_sum(s.model, batch, contextlib.nullcontext), want)
+    finish(s, fit(s, progress=False))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"]["metric"] == "macro_f1" and "warnings" in summary
+    plain = prepare(load_config(None, [*common, f"output_dir={tmp_path / 'none'}",
+                                       "train.class_weights=none", "eval.metric=accuracy"]))
+    assert plain.data["train"].class_weights is None and plain.metric == "accuracy"
+    given = prepare(load_config(None, [*common, f"output_dir={tmp_path / 'given'}",
+                                       "train.class_weights=neg=3"]))
+    assert given.data["train"].class_weights == [3.0, 1.0]  # neg, pos
+
+
+def test_class_weights_naming_an_unknown_label_is_an_error(tiny_bert, tmp_path):
+    from lmtune.errors import LmtuneError
+
+    cfg = load_config(None, [f"model={tiny_bert}", f"data.train={imbalanced_csv(tmp_path)}",
+                             f"output_dir={tmp_path / 'run'}", "train.class_weights=neutral=2"])
+    with pytest.raises(LmtuneError, match="'neutral', not a label of the data"):
+        prepare(cfg)
+    assert not (tmp_path / "run").exists()

@@ -62,3 +62,21 @@ def test_generation_metrics_known_values():
     none = generation_metrics(["zzz"], ["the cat sat"])
     assert none["rouge1"] == none["rougeL"] == none["bleu"] == 0.0
     assert generation_metrics(["a b", "x"], ["a b", "y"])["exact_match"] == 0.5
+
+
+def test_a_collapsed_classifier_is_warned_about_with_what_to_try():
+    from lmtune.eval.metrics import classification_metrics, classifier_warnings
+
+    collapsed = classification_metrics([[60, 0, 0], [28, 1, 0], [9, 0, 2]], ["a", "b", "c"])
+    warnings = classifier_warnings(collapsed, majority=0.6)
+    assert "predicts 'a' for 97% of the 100 rows, of which 60% are 'a'" in warnings[0]
+    assert "class_weights" in warnings[-1]
+    poor = classification_metrics([[40, 20, 0], [20, 9, 0], [9, 0, 2]], ["a", "b", "c"])
+    assert "no better than always predicting" in classifier_warnings(poor, majority=0.6)[0]
+    base = {"macro_f1": 0.5}
+    assert "untrained base" in classifier_warnings(poor, majority=0.4, base=base)[0]
+    good = classification_metrics([[55, 5, 0], [5, 24, 0], [1, 0, 10]], ["a", "b", "c"])
+    assert classifier_warnings(good, majority=0.6, base=base) == []
+    # a test set of one class, predicted as that class, is not a collapse
+    one = classification_metrics([[50, 0], [0, 0]], ["a", "b"])
+    assert classifier_warnings(one) == []

@@ -54,5 +54,6 @@ def test_task_config_checks_run_when_the_config_loads():
         load_config(None, ["data.format=chat"])
     with pytest.raises(LmtuneError, match="generate_samples > 0"):
         load_config(None, ["task=sft", "eval.metric=rougeL", "eval.generate_samples=0"])
-    assert load_config(None, ["task=sft", "eval.metric=rougeL"]).metric == "rougeL"
-    assert load_config(None, ["task=mlm"]).metric == "loss"
+    cfg = load_config(None, ["task=sft", "eval.metric=rougeL"])
+    assert get_task("sft").metric_for(cfg, None) == "rougeL"
+    assert get_task("mlm").metric_for(load_config(None, ["task=mlm"]), None) == "loss"

@@ -42,6 +42,7 @@ class Encoded:
     segments: list[list[int]] | None = None
     units: list[int] | None = None
     decoder_ids: list[list[int]] | None = None
+    class_weights: list[float] | None = None  # classify: the loss weight of each class
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -141,6 +142,8 @@ def collate(data: Encoded, idx: list[int], pad_id: int,
     batch = {"input_ids": input_ids, "attention_mask": attention}
     if data.labels is not None:
         batch["labels"] = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+        if data.class_weights is not None:  # each row's weight in the loss
+            batch["weights"] = torch.tensor(data.class_weights)[batch["labels"]]
     return batch
 
 

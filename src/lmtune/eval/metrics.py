@@ -50,6 +50,37 @@ def classification_metrics(m: list[list[int]], label_names: list[str]) -> dict:
     }
 
 
+COLLAPSED = 0.95  # one class predicted for this share of the rows or more: "nearly all"
+TRY = ("try: train.class_weights=auto (the default weighs imbalanced classes), more "
+       "optimizer steps (more train.epochs, or a smaller train.batch_size on a small set), "
+       "or another train.lr")
+
+
+def classifier_warnings(m: dict, majority: float | None = None,
+                        base: dict | None = None) -> list[str]:
+    """What a user must hear about a classifier's scores `m` (classification_metrics), with
+    what to try: one class predicted for nearly every row, accuracy no better than always
+    predicting the training set's most frequent class (`majority`), or macro-F1 no better
+    than the untrained base model's (`base`'s). Empty when none holds."""
+    names, cm, n = list(m["per_class"]), m["confusion_matrix"], m["n"]
+    if not n:
+        return []
+    out = []
+    predicted = [sum(row[j] for row in cm) for j in range(len(names))]
+    top = max(range(len(names)), key=lambda j: predicted[j])
+    share, true_share = predicted[top] / n, sum(cm[top]) / n
+    if share >= COLLAPSED and true_share < COLLAPSED:
+        out.append(f"the model predicts {names[top]!r} for {share:.0%} of the {n} rows, of "
+                   f"which {true_share:.0%} are {names[top]!r}")
+    elif majority is not None and m["accuracy"] <= majority:
+        out.append(f"accuracy {m['accuracy']:.4f} is no better than always predicting the "
+                   f"most frequent class ({majority:.4f})")
+    if base is not None and m["macro_f1"] <= base["macro_f1"]:
+        out.append(f"macro-F1 {m['macro_f1']:.4f} is no better than the untrained base "
+                   f"model's ({base['macro_f1']:.4f})")
+    return [*out, TRY] if out else []
+
+
 def majority_baseline(train_labels: list, test_labels: list) -> float:
     """Accuracy of always predicting the training set's most frequent class (ties: the
     smallest label)."""

@@ -48,7 +48,7 @@ def evaluate_run(path: str | Path, overrides: list[str] | tuple = (),
 def evaluate_classifier_run(path, cfg: Config, new_test: bool, compare_base: bool,
                             progress: bool, predictions: bool) -> tuple[dict, list[dict]]:
     from lmtune.data.load import check_known_labels, labeled, load_splits, read_source
-    from lmtune.eval.metrics import majority_baseline
+    from lmtune.eval.metrics import classifier_warnings, majority_baseline
 
     clf = Predictor(path)
     if new_test:  # new data, with its own columns
@@ -70,6 +70,9 @@ def evaluate_classifier_run(path, cfg: Config, new_test: bool, compare_base: boo
     if compare_base:
         result["base"] = {"test": evaluate_classifier_base(clf, test.texts, test.labels,
                                                            progress)}
+    result["warnings"] = classifier_warnings(
+        metrics, metrics.get("majority_baseline"),
+        result["base"]["test"] if compare_base else None)
     # `label` is the true one, `predicted` the model's, `score` its probability
     rows = [{"text": t, "label": y, "predicted": p["label"], "score": p["score"],
              "scores": p["scores"]} for t, y, p in zip(test.texts, test.labels, preds)] \
@@ -179,7 +182,7 @@ def format_result(result: dict) -> str:
     text = format_metrics(test, list(test["per_class"]))
     if "base" in result:
         text += "\n" + format_comparison(result["base"]["test"], test)
-    return text
+    return text + "".join(f"\nwarning: {w}" for w in result.get("warnings", []))
 
 
 def format_comparison(base: dict, tuned: dict) -> str:

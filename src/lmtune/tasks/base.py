@@ -66,6 +66,18 @@ class Task:
                               "training: set eval.generate_samples > 0")
         if cfg.data.packing and not self.packs:
             raise ConfigError("data.packing", f"task={self.name} does not pack")
+        if cfg.train.class_weights not in ("auto", "none") and not self.labels:
+            raise ConfigError("train.class_weights", f"weighs classes; task={self.name} "
+                              "predicts none")
+
+    def warnings(self, test: dict, data: dict[str, Encoded]) -> list[str]:
+        """What the user must hear about a trained model's test metrics (none by default)."""
+        return []
+
+    def metric_for(self, cfg: Config, raw) -> str:
+        """The validation metric that picks the best model: `eval.metric`, or for `auto`
+        the task's choice for this data."""
+        return cfg.eval.metric if cfg.eval.metric != "auto" else self.default_metric
 
     # --------------------------------------------------------------------- data
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmtune.config import Config, ConfigError
+from collections import Counter
+
+from lmtune.config import Config, ConfigError, parse_class_weights
 from lmtune.data.collate import Encoded, collate, encode
 from lmtune.data.load import Splits, load_splits
 from lmtune.tasks.base import EvalSettings, Task
@@ -32,6 +34,39 @@ class Classify(Task):
         if cfg.data.format not in ("auto", "text"):
             raise ConfigError("data.format", "task=classify reads a text and a label column")
 
+    def metric_for(self, cfg: Config, raw: Splits) -> str:
+        """auto: macro-F1 when the training classes are imbalanced (accuracy would reward
+        predicting the largest class), else accuracy."""
+        if cfg.eval.metric != "auto":
+            return cfg.eval.metric
+        return "macro_f1" if imbalanced(raw.train.labels) else "accuracy"
+
+    def warnings(self, test: dict, data: dict[str, Encoded]) -> list[str]:
+        """A collapse onto one class, or no better than the majority baseline."""
+        from lmtune.eval.metrics import classifier_warnings, majority_baseline
+
+        return classifier_warnings(test, majority_baseline(data["train"].labels,
+                                                           data["test"].labels))
+
+    def class_weights(self, cfg: Config, raw: Splits) -> list[float] | None:
+        """Each class's weight in the training loss (None: all 1), in label-id order.
+
+        auto, when imbalanced: n / (k × n_c) for class c of n_c of the n rows, so each class
+        carries the same total weight and the weights average 1 over the rows (the loss
+        keeps its scale)."""
+        setting, names = cfg.train.class_weights, raw.label_names
+        if setting == "none" or (setting == "auto" and not imbalanced(raw.train.labels)):
+            return None
+        if setting == "auto":
+            counts = Counter(raw.train.labels)
+            return [len(raw.train.labels) / (len(names) * max(counts[c], 1)) for c in names]
+        given = parse_class_weights(setting)
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ConfigError("train.class_weights", f"names {', '.join(map(repr, unknown))}, "
+                              f"not a label of the data ({', '.join(names)})")
+        return [given.get(c, 1.0) for c in names]
+
     def read(self, cfg: Config, train_table=None, test_only: bool = False) -> Splits:
         return load_splits(cfg.data, cfg.seed, train_table)
 
@@ -53,6 +88,7 @@ class Classify(Task):
                              [label2id[x] for x in part.labels])
                 for name, part in (("train", raw.train), ("validation", raw.validation),
                                    ("test", raw.test)) if part is not None}
+        data["train"].class_weights = self.class_weights(cfg, raw)
         return data, None
 
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -62,10 +98,21 @@ class Classify(Task):
         with autocast():
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        if "weights" not in batch:
+            return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        losses = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        return (losses * batch["weights"]).sum()
 
     def evaluate(self, model, data: Encoded, how: EvalSettings) -> dict:
         from lmtune.eval.batched import evaluate_classifier
 
         return evaluate_classifier(model, data, how.label_names, how.batch_size, how.pad_id,
                                    how.autocast, how.progress, ranks=how.ranks)
+
+
+IMBALANCED = 1.5  # the largest class has this many times the rows of the smallest, or more
+
+
+def imbalanced(labels: list[str]) -> bool:
+    counts = Counter(labels).values()
+    return max(counts) >= IMBALANCED * min(counts)
