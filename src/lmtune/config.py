@@ -79,6 +79,9 @@ class DataConfig:
     source_column: str = opt("source", "source_target rows: column holding the input")
     target_column: str = opt("target", "source_target rows: column holding the output")
     val_fraction: float = opt(0.1, "share of train split off for validation when needed")
+    val_max_rows: int = opt(2000, "at most this many rows split off for validation (the rest "
+                            "stay in train), so that validating a large set costs a small "
+                            "share of an epoch; 0: no cap")
     test_fraction: float = opt(0.1, "share of train split off for test when needed")
     format: str = opt("auto", f"sft/seq2seq/clm/mlm row format: {', '.join(FORMATS)} "
                       "(auto: from the columns)")
@@ -99,6 +102,7 @@ class DataConfig:
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise ConfigError(key, f"must be in (0, 0.5); got {getattr(self, key)}")
+        _positive("val_max_rows", self.val_max_rows, allow_zero=True)
         _choice("format", self.format, FORMATS)
         _choice("train_on", self.train_on, TRAIN_ON)
         _positive("max_samples", self.max_samples, allow_zero=True)

@@ -175,3 +175,13 @@ def test_a_field_longer_than_pythons_csv_limit_is_read(tmp_path):
     bad = write(tmp_path, "bad.csv", f'text,label\nok,pos\n"{doc},neg\nmore,pos\n')
     with pytest.raises(LmtuneError, match=r"bad.csv:3: malformed CSV row.*unclosed quote"):
         read_path(bad)
+
+
+def test_validation_split_off_a_large_set_is_capped(tmp_path):
+    """10% of 5,000 rows would be 500: val_max_rows=100 keeps 100 (the rest stay in train);
+    the test split keeps its 10%."""
+    p = write_csv(tmp_path / "big.csv", sentiment_rows(5000))
+    capped = splits_of(p, val_max_rows=100)
+    assert len(capped.validation.texts) == 100 and len(capped.test.texts) == 500
+    assert len(capped.train.texts) == 4400
+    assert len(splits_of(p, val_max_rows=0).validation.texts) == 500

@@ -19,7 +19,7 @@ import torch
 from lmtune.config import Config
 from lmtune.data import formats, templates
 from lmtune.data.collate import Encoded, padded
-from lmtune.data.load import read_source
+from lmtune.data.load import read_source, val_share
 from lmtune.data.packing import best_fit, padding_share
 from lmtune.data.readers import Table
 from lmtune.errors import LmtuneError
@@ -89,7 +89,7 @@ def _split_missing(items: dict, where: dict, data, seed: int) -> None:
     """Carve validation (and test, when no source names one) out of train, seeded."""
     want = {}
     if "validation" not in items:
-        want["validation"] = data.val_fraction
+        want["validation"] = val_share(data, len(items["train"]))
     if "test" not in items and data.test is None and data.validation is None:
         want["test"] = data.test_fraction
     if not want:

@@ -83,7 +83,7 @@ def load_splits(data: DataConfig, seed: int,
         raise LmtuneError(f"{train.source}: every row has label {names[0]!r}; classification "
                           "needs at least two classes")
     if "validation" not in sets:
-        fractions = {"validation": data.val_fraction}
+        fractions = {"validation": val_share(data, len(train))}
         if "test" not in sets and data.validation is None:
             fractions["test"] = data.test_fraction
         train, carved = stratified_split(train, fractions, seed)
@@ -148,6 +148,14 @@ def check_known_labels(part: LabeledSet, table: Table | None, data: DataConfig,
             where = table.loc(i) if table is not None else part.source
             raise LmtuneError(f"{where}: label {label!r} in column {data.label_column!r} does "
                               f"not occur in the training data (labels: {', '.join(names)})")
+
+
+def val_share(data: DataConfig, rows: int) -> float:
+    """The share of `rows` to split off for validation: `val_fraction`, capped at
+    `val_max_rows` rows."""
+    if not data.val_max_rows or rows * data.val_fraction <= data.val_max_rows:
+        return data.val_fraction
+    return data.val_max_rows / rows
 
 
 def stratified_split(part: LabeledSet, fractions: dict[str, float],
