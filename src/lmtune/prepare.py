@@ -70,9 +70,9 @@ class Setup:
         """The model itself, without DDP's or DeepSpeed's wrapper."""
         return self.strategy.module
 
-    def eval_settings(self, progress: bool = False) -> EvalSettings:
+    def eval_settings(self, progress: bool = False, stop=None) -> EvalSettings:
         return EvalSettings(self.cfg.eval.batch_size, self.pad_id, self.autocast,
-                            self.strategy.ranks, progress, self.label_names)
+                            self.strategy.ranks, progress, self.label_names, stop)
 
 
 def prepare(cfg: Config, train_table: Table | None = None,

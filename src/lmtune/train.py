@@ -25,6 +25,7 @@ from lmtune.config import Config
 from lmtune.data.collate import Encoded, epoch_batches
 from lmtune.data.readers import Table
 from lmtune.errors import Interrupted
+from lmtune.eval.batched import EvalStopped
 from lmtune.eval.generation import evaluate_generation
 from lmtune.models.io import save_model
 from lmtune.models.params import count_parameters
@@ -48,6 +49,9 @@ class FitState:
     window_samples: int = 0
     window_tokens: int = 0
     best_weights: dict | None = None
+    # The epoch of a validation that a stop request cut short (-1: none): a resumed run
+    # runs it first.
+    pending_validation: int = -1
 
     def progress(self, world_size: int, distributed: str) -> dict:
         row = {k: v for k, v in vars(self).items() if k != "best_weights"}
@@ -104,6 +108,8 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
     world, rank = strategy.world, strategy.rank
     per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
     with checkpoint.StopRequest(stop_hook) as stop:
+        if state.pending_validation >= 0:  # stopped during a validation: it comes first
+            validate_or_stop(s, state, state.pending_validation, stop, window_loss, start)
         while state.step < s.total_steps:
             batches = epoch_batches(lengths, tc.batch_size, cfg.seed, state.epoch,
                                     tc.group_by_length)
@@ -130,7 +136,7 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
                     window_loss, window_start = torch.zeros_like(window_loss), _train_clock(state)
                     state.window_samples = state.window_tokens = 0
                 if tc.eval_every and state.step % tc.eval_every == 0:
-                    validate(s, state, state.epoch)
+                    validate_or_stop(s, state, state.epoch, stop, window_loss, start)
                 if stop_requested(s, stop):
                     path = save_checkpoint(s, state, window_loss, start)
                     raise Interrupted(stop.signum, path)
@@ -140,13 +146,29 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
                     save_checkpoint(s, state, window_loss, start)
             state.epoch, state.batch = state.epoch + 1, 0
             if not tc.eval_every:
-                validate(s, state, state.epoch - 1)
+                validate_or_stop(s, state, state.epoch - 1, stop, window_loss, start)
             save_checkpoint(s, state, window_loss, start)
     if state.last_eval_step != state.step:
         validate(s, state, state.epoch - 1)
     state.seconds = time.perf_counter() - start
     bar.close()
     return state
+
+
+def validate_or_stop(s: Setup, state: FitState, epoch: int, stop: checkpoint.StopRequest,
+                     window_loss: torch.Tensor, start: float) -> None:
+    """Validate; a stop request during the pass (one process: asked between batches) ends
+    it with a checkpoint of this step that says the validation is still to do, so the run
+    exits within a batch and a resumed run validates first. With several processes the
+    request is honoured after the pass, when the ranks agree on it."""
+    asked = (lambda: stop_requested(s, stop)) if s.strategy.world == 1 else None
+    state.pending_validation = epoch
+    try:
+        validate(s, state, epoch, asked)
+    except EvalStopped:
+        path = save_checkpoint(s, state, window_loss, start)
+        raise Interrupted(stop.signum, path) from None
+    state.pending_validation = -1
 
 
 def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_start: float) -> dict:
@@ -266,10 +288,10 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int, step: in
     return total
 
 
-def evaluate_split(s: Setup, name: str) -> dict:
+def evaluate_split(s: Setup, name: str, stop=None) -> dict:
     """The task's metrics of split `name`. With several processes each runs its share of
-    the batches and the sums are added up."""
-    return s.task.evaluate(s.model, s.data[name], s.eval_settings())
+    the batches and the sums are added up. `stop()` is asked between batches."""
+    return s.task.evaluate(s.model, s.data[name], s.eval_settings(stop=stop))
 
 
 def headline(s: Setup, metrics: dict) -> dict:
@@ -277,11 +299,12 @@ def headline(s: Setup, metrics: dict) -> dict:
     return {k: metrics[k] for k in s.task.headline if k in metrics}
 
 
-def validate(s: Setup, state: FitState, epoch: int) -> None:
+def validate(s: Setup, state: FitState, epoch: int, stop=None) -> None:
     """Evaluate on the validation split (loss, plus generation metrics on its first
-    `eval.generate_samples` rows); keep a copy of the best trainable weights."""
+    `eval.generate_samples` rows); keep a copy of the best trainable weights. `stop()`,
+    asked between batches, cuts the pass short (EvalStopped)."""
     began = time.perf_counter()
-    metrics = headline(s, evaluate_split(s, "validation"))
+    metrics = headline(s, evaluate_split(s, "validation", stop))
     if s.prompts:
         metrics |= evaluate_generation(s.module, s.tokenizer, s.task.decode_kind(s.tokenizer),
                                        s.cfg, s.prompts, s.precision, s.strategy.ranks)

@@ -286,3 +286,50 @@ def test_class_weights_naming_an_unknown_label_is_an_error(tiny_bert, tmp_path):
     with pytest.raises(LmtuneError, match="'neutral', not a label of the data"):
         prepare(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stop_during_validation_ends_it_within_a_batch_and_resume_redoes_it(
+        tiny_overrides, tmp_path, monkeypatch):
+    """A long validation is where a preempted job loses its grace period: the request is
+    honoured between validation batches, with a checkpoint of the step, and the resumed
+    run validates first, ending exactly as an uninterrupted run."""
+    import importlib
+
+    import lmtune
+    from lmtune.errors import Interrupted
+
+    loop = importlib.import_module("lmtune.train")  # the module, not lmtune.train()
+    common = [*tiny_overrides, "train.max_steps=6", "train.eval_every=3", "eval.batch_size=2",
+              "train.log_every=1"]
+    want = lmtune.train(load_config(None, [*common, f"output_dir={tmp_path}/ref"]),
+                        progress=False)
+    seen = {"validations": 0, "asked": 0}
+    real = loop.validate
+
+    def counting(*args, **kwargs):
+        seen["validations"] += 1
+        return real(*args, **kwargs)
+
+    def stop():  # True from the 3rd batch of the second validation on
+        if seen["validations"] == 2:
+            seen["asked"] += 1
+        return seen["asked"] >= 3
+
+    monkeypatch.setattr(loop, "validate", counting)
+    cfg = load_config(None, [*common, f"output_dir={tmp_path}/run"])
+    with pytest.raises(Interrupted) as e:
+        lmtune.train(cfg, progress=False, stop=stop)
+    monkeypatch.undo()
+    assert e.value.exit_code == 1 and seen["asked"] == 3  # not one batch more
+    progress = json.loads((tmp_path / "run" / "checkpoints" / "step-000006" /
+                           "progress.json").read_text())
+    assert progress["pending_validation"] == 0 and progress["step"] == 6
+    got = lmtune.train(load_config(None, [*common, f"output_dir={tmp_path}/run",
+                                          "resume=true"]), progress=False)
+    assert got.test == want.test and got.best == want.best
+    def rows(run_dir):
+        return [{k: v for k, v in r.items() if k not in ("samples_per_s", "tokens_per_s")}
+                for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                if "event" not in r]
+
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -68,12 +68,23 @@ def eval_bar(rows: int, progress: bool):
                 mininterval=0.5 if sys.stderr.isatty() else 30)
 
 
+class EvalStopped(Exception):
+    """An evaluation pass stopped between batches because `stop()` asked."""
+
+
+def check_stop(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise EvalStopped
+
+
 def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
                     autocast=contextlib.nullcontext, progress: bool = False,
-                    ranks: tuple[int, int] | None = None
+                    ranks: tuple[int, int] | None = None,
+                    stop: Callable[[], bool] | None = None
                     ) -> Iterator[tuple[list[int], torch.Tensor, dict]]:
     """Yield (row indices, fp32 logits [B, C], batch) over length-sorted batches, no grad;
-    with `ranks` (rank, world), over this rank's share of them."""
+    with `ranks` (rank, world), over this rank's share of them. `stop()`, asked before each
+    batch, ends the pass with EvalStopped."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -83,6 +94,7 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
             shape = None
             batches = batches_of(data, batch_size, model)
             for idx, counts in rank_share(batches, ranks):
+                check_stop(stop)
                 batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 with autocast():
@@ -99,7 +111,8 @@ def forward_batches(model, data: Encoded, batch_size: int, pad_id: int,
 def evaluate_classifier(model, data: Encoded, label_names: list[str], batch_size: int,
                         pad_id: int, autocast=contextlib.nullcontext, progress: bool = False,
                         probs: torch.Tensor | None = None,
-                        ranks: tuple[int, int] | None = None) -> dict:
+                        ranks: tuple[int, int] | None = None,
+                        stop: Callable[[], bool] | None = None) -> dict:
     """loss, accuracy, macro_f1, per_class, confusion_matrix for labelled `data`; with
     `probs` ([N, C]), also each row's class probabilities, in input order, from the same
     forward pass. With `ranks` (rank, world), each rank runs its share of the batches and
@@ -110,7 +123,7 @@ def evaluate_classifier(model, data: Encoded, label_names: list[str], batch_size
     m = [[0] * k for _ in label_names]
     loss_sum = 0.0
     for idx, logits, batch in forward_batches(model, data, batch_size, pad_id, autocast,
-                                              progress, ranks):
+                                              progress, ranks, stop):
         labels = batch["labels"]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         add_to_confusion(m, labels.tolist(), logits.argmax(-1).tolist())
@@ -156,6 +169,7 @@ def evaluate_loss(model, data: Encoded, make_batch, loss_sum, how) -> dict:
             # and decoder tokens together (seq2seq): the logits are the decoder's.
             batches = batches_of(data, how.batch_size, model)
             for idx, counts in rank_share(batches, how.ranks):
+                check_stop(how.stop)
                 batch = make_batch(data, idx, how.pad_id, device)
                 shape = _new_shape_trims(shape, batch["input_ids"].shape)
                 value = loss_sum(model, batch, how.autocast).item()

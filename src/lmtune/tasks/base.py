@@ -34,6 +34,7 @@ class EvalSettings:
     ranks: tuple[int, int] | None = None
     progress: bool = False
     label_names: list[str] | None = None  # tasks that predict labels
+    stop: Callable[[], bool] | None = None  # asked between batches: True ends the pass
 
 
 class Task:

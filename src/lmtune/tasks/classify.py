@@ -107,7 +107,7 @@ class Classify(Task):
         from lmtune.eval.batched import evaluate_classifier
 
         return evaluate_classifier(model, data, how.label_names, how.batch_size, how.pad_id,
-                                   how.autocast, how.progress, ranks=how.ranks)
+                                   how.autocast, how.progress, ranks=how.ranks, stop=how.stop)
 
 
 IMBALANCED = 1.5  # the largest class has this many times the rows of the smallest, or more
