@@ -118,9 +118,8 @@ class TrainConfig:
     batch_size: int = opt(32, "samples per micro-batch and process (global batch: "
                           "batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
-    lr: float | None = opt(None, "peak learning rate (unset: the method's default: 7e-5 "
-                           "for full, freeze, lora and most adapters; 7e-4 for loha, lokr, "
-                           "boft; 5e-4 for bitfit, norms)")
+    lr: float | None = opt(None, "peak learning rate (unset: the method's own default, "
+                           "listed in the README's methods table)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not applied to biases and norms)")
     warmup: float = opt(0.06, "warmup: a share of all steps if < 1, else a step count")
     schedule: str = opt("linear", f"LR decay after warmup: {', '.join(SCHEDULES)}")
