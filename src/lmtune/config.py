@@ -115,6 +115,9 @@ class DataConfig:
 class TrainConfig:
     epochs: float = opt(1.75, "passes over the training data (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: use epochs)")
+    min_steps: int = opt(100, "train at least this many optimizer steps: a small training "
+                         "set gets more epochs than train.epochs says (0: off; max_steps "
+                         "wins)")
     batch_size: int = opt(32, "samples per micro-batch and process (global batch: "
                           "batch_size x grad_accum x processes)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
@@ -156,7 +159,7 @@ class TrainConfig:
         _positive("epochs", self.epochs)
         for key in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive(key, getattr(self, key))
-        for key in ("max_steps", "eval_every", "threads", "warmup", "weight_decay",
+        for key in ("max_steps", "min_steps", "eval_every", "threads", "warmup", "weight_decay",
                     "max_grad_norm", "checkpoint_every", "max_length"):
             _positive(key, getattr(self, key), allow_zero=True)
         if self.lr is not None:

@@ -22,7 +22,8 @@ from lmtune.data.readers import Table
 from lmtune.distributed import Strategy, make_strategy
 from lmtune.errors import LmtuneError
 from lmtune.methods import Method, apply_method, get_method
-from lmtune.models.load import attention_impl, load_pretrained, load_tokenizer, resolve_model
+from lmtune.models.load import (attention_impl, load_model_config, load_pretrained,
+                               load_tokenizer, resolve_model)
 from lmtune.models.params import hold_frozen_linears_in_bf16, set_dropout
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.tasks import EvalSettings, Task, get_task
@@ -134,9 +135,7 @@ def fit_positions(cfg: Config, model_path: str) -> None:
     """train.max_length may not pass the positions the model was trained with: the task's
     own length is capped there (before the run dir is compared, so a resumed run agrees),
     a length the user set is an error. Reads the model's config, not its weights."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    config = load_model_config(model_path, cfg.trust_remote_code)
     limit = getattr(config, "max_position_embeddings", None) or getattr(
         getattr(config, "encoder", None), "max_position_embeddings", None)  # bert2bert
     if not limit or cfg.train.max_length <= limit:
@@ -149,11 +148,24 @@ def fit_positions(cfg: Config, model_path: str) -> None:
 
 
 def count_steps(cfg: Config, rows: int, world: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps): each process takes every world-th batch."""
-    batches = math.ceil(rows / cfg.train.batch_size)
+    """(optimizer steps per epoch, total steps): each process takes every world-th batch.
+
+    `train.max_steps` if set; else `train.epochs` of steps, but at least `train.min_steps`:
+    a few hundred rows at batch 32 make a few dozen steps, too few for a new head to learn
+    more than the largest class (BENCHMARKS.md, "A small, imbalanced label set")."""
+    tc = cfg.train
+    batches = math.ceil(rows / tc.batch_size)
     per_epoch = max(1, batches // world) if world > 1 else batches
-    per_epoch = math.ceil(per_epoch / cfg.train.grad_accum)
-    return per_epoch, cfg.train.max_steps or math.ceil(cfg.train.epochs * per_epoch)
+    per_epoch = math.ceil(per_epoch / tc.grad_accum)
+    if tc.max_steps:
+        return per_epoch, tc.max_steps
+    by_epochs = math.ceil(tc.epochs * per_epoch)
+    if by_epochs < tc.min_steps:
+        print(f"note: {rows:,} training rows make {by_epochs} optimizer steps in "
+              f"{tc.epochs:g} epochs; training {tc.min_steps} steps "
+              f"({tc.min_steps / per_epoch:.1f} epochs) as train.min_steps says",
+              file=sys.stderr)
+    return per_epoch, max(by_epochs, tc.min_steps)
 
 
 def find_checkpoint(cfg: Config, out: Path, strategy: Strategy) -> checkpoint.Loaded | None:

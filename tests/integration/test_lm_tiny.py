@@ -21,7 +21,8 @@ from tests.conftest import (CHAT_WORDS, chat_rows, metric_rows, sentiment_rows, 
 from tests.methods import case, names
 
 SFT = ["task=sft", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
-       "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "train.max_length=64"]
+       "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "train.max_length=64",
+       "train.min_steps=0"]
 
 
 def train_losses(run_dir):
@@ -134,7 +135,7 @@ def test_a_sample_with_nothing_to_train_stops_the_run_or_is_dropped(tiny_llama, 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows_))
     args = ["train", "--quiet", *SFT, f"model={tiny_llama}", f"data.train={path}",
             f"data.validation={path}", "train.max_steps=1", "train.max_length=32",
-            f"output_dir={tmp_path / 'run'}"]
+            "data.truncation=end", f"output_dir={tmp_path / 'run'}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "long.jsonl:" in err and "no token left to train on" in err

@@ -20,7 +20,7 @@ from tests.conftest import sentiment_rows, write_csv
 # are not multiples of each other, so checkpoints fall between evaluations too.
 COMMON = ["train.precision=fp32", "train.threads=1", "train.batch_size=8", "train.lr=3e-3",
           "train.epochs=3", "train.warmup=3", "train.eval_every=5", "train.checkpoint_every=4",
-          "train.keep_checkpoints=2", "lora.r=4",
+          "train.keep_checkpoints=2", "lora.r=4", "train.min_steps=0",
           "train.dropout=null"]  # the model's dropout: its masks draw from the RNG streams
 
 

@@ -17,7 +17,7 @@ from tests.conftest import FILLER, metric_rows, train_tracked
 
 S2S = ["task=seq2seq", "train.precision=fp32", "train.threads=1", "train.batch_size=8",
        "train.warmup=0", "train.log_every=1", "train.max_length=32",
-       "generate.max_new_tokens=12", "eval.generate_samples=8"]
+       "generate.max_new_tokens=12", "eval.generate_samples=8", "train.min_steps=0"]
 
 
 def copy_rows(n: int) -> list[dict]:

@@ -333,3 +333,15 @@ def test_a_stop_during_validation_ends_it_within_a_batch_and_resume_redoes_it(
                 if "event" not in r]
 
     assert rows(tmp_path / "run") == rows(tmp_path / "ref")
+
+
+def test_a_small_training_set_gets_at_least_min_steps(tiny_overrides, capsys):
+    """~160 rows at batch 16 make 10 steps an epoch: 4 epochs would be 40 steps; with
+    train.min_steps=100 the run takes 100 (10 epochs), and says so."""
+    from lmtune.prepare import count_steps
+
+    s = prepare(load_config(None, [*tiny_overrides, "train.min_steps=100"]))
+    assert s.steps_per_epoch * 4 < 100 and s.total_steps == 100
+    assert "training 100 steps" in capsys.readouterr().err
+    cfg = load_config(None, [*tiny_overrides, "train.min_steps=100", "train.max_steps=7"])
+    assert count_steps(cfg, 160, 1) == (10, 7)  # max_steps wins

@@ -86,6 +86,14 @@ def load_tokenizer(path: str, trust_remote_code: bool):
         path, trust_remote_code=trust_remote_code))
 
 
+def load_model_config(path: str, trust_remote_code: bool):
+    """The model's config alone (config.json), for what can be checked before loading it."""
+    from transformers import AutoConfig
+
+    return _hub_call(path, lambda: AutoConfig.from_pretrained(
+        path, trust_remote_code=trust_remote_code))
+
+
 def attention_impl(requested: str, device: str, eager_on_cpu: bool = False) -> str:
     """`auto`: eager on CPU where the task says it is faster (encoders, encoder-decoders),
     sdpa elsewhere.
