@@ -10,8 +10,10 @@ in the same file as a third class, "plot", subsampled (seeded) to `--rows` rows 
 given, so lmtune splits it (seeded, stratified) into train/validation/test as it would a
 user's file. Each seed draws its own sample and split.
 
-    old   train.class_weights=none eval.metric=accuracy (lmtune's defaults before)
-    new   the defaults: class weights inverse to frequency, best model by macro-F1
+    old      train.class_weights=none eval.metric=accuracy train.min_steps=0 (lmtune's
+             defaults before)
+    weights  class weights inverse to frequency, best model by macro-F1; min_steps=0
+    new      the defaults: as `weights`, and at least 100 optimizer steps (train.min_steps)
 
 Both run `train.epochs=3` on MiniLM, as a user with a few hundred rows would; the untrained
 base (pretrained encoder, new head) is scored on the same test rows. The last line holds the
@@ -34,7 +36,8 @@ from common import as_lmtune_command  # noqa: E402
 from common import spawn as common_spawn  # noqa: E402
 
 SHARES = {"fresh": 0.64, "rotten": 0.27, "plot": 0.09}
-SETTINGS = {"old": ["train.class_weights=none", "eval.metric=accuracy"], "new": []}
+SETTINGS = {"old": ["train.class_weights=none", "eval.metric=accuracy", "train.min_steps=0"],
+            "weights": ["train.min_steps=0"], "new": []}
 
 
 def write_data(path: Path, rows: int, seed: int) -> Path:
