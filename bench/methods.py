@@ -39,26 +39,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import as_lmtune_command  # noqa: E402
 from common import spawn as common_spawn  # noqa: E402
 
-# Learning rates tried per method by --sweep: three or four half-decade steps around what
-# the method's paper or peft's examples use.
+# Learning rates tried per method by --sweep: half-decade steps around what the method's
+# paper or peft's examples use, extended upward where the best was the highest tried.
 GRID = {
     "full": (3e-5, 7e-5, 2e-4),
     "lora": (2e-4, 7e-4, 2e-3),
     "dora": (2e-4, 7e-4, 2e-3),
     "qlora": (2e-4, 7e-4, 2e-3),
-    "loha": (7e-4, 2e-3, 7e-3),
-    "lokr": (7e-4, 2e-3, 7e-3),
-    "vera": (2e-3, 7e-3, 2e-2),
-    "ia3": (7e-4, 2e-3, 7e-3),
-    "oft": (2e-4, 7e-4, 2e-3),
-    "boft": (7e-4, 2e-3, 7e-3),
-    "adalora": (7e-4, 2e-3, 7e-3),
-    "prompt": (3e-3, 3e-2, 3e-1),
-    "ptuning": (3e-4, 3e-3, 3e-2),
-    "prefix": (3e-3, 1e-2, 3e-2),
-    "freeze": (7e-5, 2e-4, 7e-4),
-    "bitfit": (7e-4, 2e-3, 7e-3),
-    "norms": (7e-4, 2e-3, 7e-3),
+    "loha": (7e-4, 2e-3, 7e-3, 2e-2),
+    "lokr": (7e-4, 2e-3, 7e-3, 2e-2),
+    "vera": (2e-3, 7e-3, 2e-2, 7e-2),
+    "ia3": (7e-4, 2e-3, 7e-3, 2e-2, 7e-2),
+    "oft": (2e-3, 7e-3),
+    "boft": (2e-3, 7e-3),
+    "adalora": (2e-3, 7e-3),
+    "prompt": (3e-2, 3e-1),
+    "ptuning": (3e-3, 3e-2),
+    "prefix": (1e-2, 3e-2),
+    "freeze": (2e-4, 7e-4),
+    "bitfit": (7e-3, 2e-2),
+    "norms": (7e-3, 2e-2),
 }
 
 
