@@ -155,23 +155,27 @@ def adapter(name: str, build: Callable, help: str, default_lr: float = 7e-5,
                            check=check))
 
 
-# LoHa, LoKr and BOFT barely move at LoRA's learning rate: 10x, as measured on this project's
-# CPU with MiniLM and SmolLM2 when these methods were first tried.
-LORA = adapter("lora", lora_config, "low-rank adapters on the projections",
+# Each method's default learning rate is the lowest of those tried whose validation accuracy
+# came within a point of the method's best, over 80 steps of the default job
+# (`bench/methods.py --sweep`; the rates tried and the scores are in BENCHMARKS.md, "Each
+# method's learning rate"). Methods that train few numbers need far higher rates.
+LORA = adapter("lora", lora_config, "low-rank adapters on the projections", 7e-4,
                lr_scale=lora_plus, apply=apply_lora, check=check_lora_init)
 # DoRA reads the frozen weight itself (its column norms), not only through a matmul: held in
 # bf16 the weight would change its numbers, so it stays fp32.
 DORA = adapter("dora", lambda s, t, tt: lora_config(s, t, tt, use_dora=True),
-               "LoRA with the weight's magnitude trained apart from its direction",
+               "LoRA with the weight's magnitude trained apart from its direction", 7e-4,
                bf16_frozen=False, lr_scale=lora_plus, check=check_lora_family)
 # QLoRA: LoRA over a 4-bit NF4 base (bitsandbytes); the quantized weights are not float, so
 # nothing is held in bf16 on top.
-QLORA = adapter("qlora", lora_config, "LoRA on a 4-bit NF4 base (bitsandbytes)",
+QLORA = adapter("qlora", lora_config, "LoRA on a 4-bit NF4 base (bitsandbytes)", 7e-4,
                 bf16_frozen=False, lr_scale=lora_plus, quantize="nf4", apply=apply_lora,
                 check=check_lora_init)
-LOHA = adapter("loha", loha_config, "low-rank Hadamard-product adapters", 7e-4)
-LOKR = adapter("lokr", lokr_config, "low-rank Kronecker-product adapters", 7e-4)
-VERA = adapter("vera", vera_config, "shared random low-rank matrices, trained scaling vectors")
-IA3 = adapter("ia3", ia3_config, "learned scaling of keys, values and feed-forward outputs")
-OFT = adapter("oft", oft_config, "orthogonal fine-tuning (block-diagonal rotations)")
-BOFT = adapter("boft", boft_config, "butterfly orthogonal fine-tuning", 7e-4)
+LOHA = adapter("loha", loha_config, "low-rank Hadamard-product adapters", 7e-3)
+LOKR = adapter("lokr", lokr_config, "low-rank Kronecker-product adapters", 7e-3)
+VERA = adapter("vera", vera_config, "shared random low-rank matrices, trained scaling vectors",
+               7e-2)
+IA3 = adapter("ia3", ia3_config, "learned scaling of keys, values and feed-forward outputs",
+              2e-2)
+OFT = adapter("oft", oft_config, "orthogonal fine-tuning (block-diagonal rotations)", 2e-3)
+BOFT = adapter("boft", boft_config, "butterfly orthogonal fine-tuning", 2e-3)

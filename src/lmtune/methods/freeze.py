@@ -44,4 +44,4 @@ def freeze_lower_layers(model: nn.Module, top: int) -> None:
 
 
 FREEZE = register(Method("freeze", apply_freeze, "train the head and the top freeze.layers "
-                         "layers", section="freeze"))
+                         "layers", section="freeze", default_lr=2e-4))  # as measured: adapters.py
