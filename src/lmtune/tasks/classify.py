@@ -5,10 +5,10 @@
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
-
-from collections import Counter
 
 from lmtune.config import Config, ConfigError, parse_class_weights
 from lmtune.data.collate import Encoded, collate, encode
