@@ -21,16 +21,17 @@ from lmtune.errors import ConfigError, LmtuneError
 from lmtune.typed_yaml import build, parse_scalar, read_yaml, set_dotted
 
 FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "source_target",
-           "text")
+           "text", "preference", "openai_preference")
 TRAIN_ON = ("assistant", "last_assistant", "all")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
-METRICS = ("auto", "accuracy", "macro_f1", "loss", *GENERATION_METRICS)
+METRICS = ("auto", "accuracy", "macro_f1", "loss", "rewards/accuracies", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 QUANTIZE = ("none", "int8", "nf4")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 TRUNCATION = ("prompt_middle", "end")
+DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
 
@@ -83,7 +84,7 @@ class DataConfig:
                             "stay in train), so that validating a large set costs a small "
                             "share of an epoch; 0: no cap")
     test_fraction: float = opt(0.1, "share of train split off for test when needed")
-    format: str = opt("auto", f"sft/seq2seq/clm/mlm row format: {', '.join(FORMATS)} "
+    format: str = opt("auto", f"sft/seq2seq/clm/mlm/dpo row format: {', '.join(FORMATS)} "
                       "(auto: from the columns)")
     train_on: str = opt("assistant", f"sft: which tokens carry the loss: "
                         f"{', '.join(TRAIN_ON)}")
@@ -210,6 +211,23 @@ class PromptConfig:
 
 
 @dataclass
+class DpoConfig:
+    beta: float = opt(0.1, "task=dpo: how far the model may move from the reference (higher: "
+                      "closer); simpo works at about 2")
+    loss: str = opt("sigmoid", "sigmoid (DPO), ipo (squared, per-token), or simpo (no "
+                    "reference model; length-normalized, with a target margin)")
+    precompute_ref: bool = opt(True, "compute the reference log-probabilities once before "
+                               "training (no second model in memory); false: every step, "
+                               "from the model with its adapter switched off")
+    simpo_gamma: float = opt(0.5, "loss=simpo: the reward margin the chosen answer must win by")
+
+    def __post_init__(self) -> None:
+        _positive("beta", self.beta)
+        _choice("loss", self.loss, DPO_LOSSES)
+        _positive("simpo_gamma", self.simpo_gamma, allow_zero=True)
+
+
+@dataclass
 class FreezeConfig:
     layers: int = opt(2, "method=freeze: train the head plus this many top layers")
 
@@ -259,7 +277,7 @@ class GenerateConfig:
 
 @dataclass
 class Config:
-    task: str = opt("classify", "what to train: classify, sft, seq2seq, clm, mlm")
+    task: str = opt("classify", "what to train: classify, sft, seq2seq, clm, mlm, dpo")
     model: str = opt("minilm", "local HF model dir, hub id, or alias (minilm, smollm2, "
                      "minilm2minilm)")
     method: str = opt("full", "fine-tuning method: full, freeze, bitfit, norms, lora, dora, "
@@ -282,6 +300,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 

@@ -81,7 +81,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
     """Build the run; `logger` also receives every metrics row (rank 0)."""
     runtime.seed_everything(cfg.seed)
     precision = runtime.resolve_precision(cfg.train.precision)
-    task, method = get_task(cfg.task), get_method(cfg.method)
+    task, method = get_task(cfg.task).for_run(cfg), get_method(cfg.method)
     # Everything that can fail on user input happens before the run dir is touched.
     raw = task.read(cfg, train_table)
     model_path = resolve_model(cfg.model, cfg.cache_dir)
@@ -99,11 +99,17 @@ def prepare(cfg: Config, train_table: Table | None = None,
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
         set_dropout(model, cfg.train.dropout)
     model = apply_method(model, cfg, task)
+    if task.no_dropout and cfg.train.dropout is None:  # the adapter's dropout too
+        set_dropout(model, 0.0)
     if not any(p.requires_grad for p in model.parameters()):
         raise LmtuneError(f"method={cfg.method}: leaves no parameter of {cfg.model} to train")
     if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)
     strategy = make_strategy(cfg.train, precision)
+    # The starting model, whole (before sharding), as every rank holds it.
+    task.before_training(cfg, model, data, EvalSettings(
+        cfg.eval.batch_size, tokenizer.pad_token_id or 0, lambda: runtime.autocast(precision),
+        progress=strategy.is_main))
     steps_per_epoch, total_steps = count_steps(cfg, len(data["train"]), strategy.world)
     model = strategy.shard(model)  # before the optimizer: sharding replaces parameters
     optimizer = build_optimizer(model, cfg.train, method.lr_scale(cfg) if method.lr_scale

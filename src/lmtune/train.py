@@ -28,8 +28,8 @@ from lmtune.errors import Interrupted
 from lmtune.eval.batched import EvalStopped
 from lmtune.eval.generation import evaluate_generation
 from lmtune.models.io import save_model
-from lmtune.models.params import count_parameters
 from lmtune.prepare import Setup, prepare
+from lmtune.summary import headline, summary, summary_json
 from lmtune.track import Logger
 
 
@@ -46,6 +46,7 @@ class FitState:
     best: dict = field(default_factory=dict)  # {"step", metric name: value}
     last_eval_step: int = -1
     window_loss: float = 0.0  # the not yet logged part of the loss window
+    window_stats: dict = field(default_factory=dict)  # and of the task's figures (sums)
     window_samples: int = 0
     window_tokens: int = 0
     best_weights: dict | None = None
@@ -103,13 +104,14 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
     s.model.train()
     start = time.perf_counter() - state.seconds
     # The loss stays on device between log rows: no host sync inside the step.
-    window_loss = torch.tensor(state.window_loss, device=strategy.device)
+    window = {k: torch.tensor(v, device=strategy.device)
+              for k, v in {"loss": state.window_loss, **state.window_stats}.items()}
     window_start = _train_clock(state)
     world, rank = strategy.world, strategy.rank
     per_step = tc.grad_accum * world  # micro-batches in one optimizer step, all ranks
     with checkpoint.StopRequest(stop_hook) as stop:
         if state.pending_validation >= 0:  # stopped during a validation: it comes first
-            validate_or_stop(s, state, state.pending_validation, stop, window_loss, start)
+            validate_or_stop(s, state, state.pending_validation, stop, window, start)
         while state.step < s.total_steps:
             batches = epoch_batches(lengths, tc.batch_size, cfg.seed, state.epoch,
                                     tc.group_by_length)
@@ -121,7 +123,9 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
                 state.batch += per_step
                 # Rank r takes micro-batches r, r+world, ...: disjoint shards of one step.
                 n = sum(data.count_units(b) for b in group)  # loss terms of the whole step
-                window_loss += train_step(s, data, group[rank::world], n, state.step + 1)
+                loss, stats = train_step(s, data, group[rank::world], n, state.step + 1)
+                for k, v in {"loss": loss, **stats}.items():
+                    window[k] = window[k] + v if k in window else v
                 state.step += 1
                 state.samples += sum(map(len, group))
                 tokens = sum(lengths[i] for b in group for i in b)  # real, not padding
@@ -130,24 +134,25 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
                 state.window_samples += sum(map(len, group))
                 bar.update(1)
                 if state.step % tc.log_every == 0 or state.step == s.total_steps:
-                    row = log_window(s, state, window_loss, window_start)
+                    row = log_window(s, state, window, window_start)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                     sps=f"{row['samples_per_s']:.0f}")
-                    window_loss, window_start = torch.zeros_like(window_loss), _train_clock(state)
+                    window = {k: torch.zeros_like(v) for k, v in window.items()}
+                    window_start = _train_clock(state)
                     state.window_samples = state.window_tokens = 0
                 if tc.eval_every and state.step % tc.eval_every == 0:
-                    validate_or_stop(s, state, state.epoch, stop, window_loss, start)
+                    validate_or_stop(s, state, state.epoch, stop, window, start)
                 if stop_requested(s, stop):
-                    path = save_checkpoint(s, state, window_loss, start)
+                    path = save_checkpoint(s, state, window, start)
                     raise Interrupted(stop.signum, path)
                 ends_epoch = state.batch >= len(batches) or state.step >= s.total_steps
                 if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 \
                         and not ends_epoch:  # the epoch-end checkpoint follows at once
-                    save_checkpoint(s, state, window_loss, start)
+                    save_checkpoint(s, state, window, start)
             state.epoch, state.batch = state.epoch + 1, 0
             if not tc.eval_every:
-                validate_or_stop(s, state, state.epoch - 1, stop, window_loss, start)
-            save_checkpoint(s, state, window_loss, start)
+                validate_or_stop(s, state, state.epoch - 1, stop, window, start)
+            save_checkpoint(s, state, window, start)
     if state.last_eval_step != state.step:
         validate(s, state, state.epoch - 1)
     state.seconds = time.perf_counter() - start
@@ -156,7 +161,7 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
 
 
 def validate_or_stop(s: Setup, state: FitState, epoch: int, stop: checkpoint.StopRequest,
-                     window_loss: torch.Tensor, start: float) -> None:
+                     window: dict[str, torch.Tensor], start: float) -> None:
     """Validate; a stop request during the pass (one process: asked between batches) ends
     it with a checkpoint of this step that says the validation is still to do, so the run
     exits within a batch and a resumed run validates first. With several processes the
@@ -166,20 +171,25 @@ def validate_or_stop(s: Setup, state: FitState, epoch: int, stop: checkpoint.Sto
     try:
         validate(s, state, epoch, asked)
     except EvalStopped:
-        path = save_checkpoint(s, state, window_loss, start)
+        path = save_checkpoint(s, state, window, start)
         raise Interrupted(stop.signum, path) from None
     state.pending_validation = -1
 
 
-def log_window(s: Setup, state: FitState, window_loss: torch.Tensor, window_start: float) -> dict:
-    """Write the loss/LR/throughput row for the steps since the last row."""
+def log_window(s: Setup, state: FitState, window: dict[str, torch.Tensor],
+               window_start: float) -> dict:
+    """Write the loss/LR/throughput row for the steps since the last row: the mean loss
+    per step, and the task's figures (`window` beside "loss") per training row."""
     elapsed = max(_train_clock(state) - window_start, 1e-9)
-    window_loss = s.strategy.reduce(window_loss)  # each rank holds its share of the loss
+    # each rank holds its share of the sums
+    window = {k: s.strategy.reduce(v) for k, v in window.items()}
     row = {"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
-           "loss": window_loss.item() / max(1, _steps_in_window(state, s.cfg.train)),
+           "loss": window["loss"].item() / max(1, _steps_in_window(state, s.cfg.train)),
            "lr": s.scheduler.get_last_lr()[0],
            "samples_per_s": state.window_samples / elapsed,
            "tokens_per_s": state.window_tokens / elapsed}
+    row |= {k: v.item() / max(1, state.window_samples) for k, v in window.items()
+            if k != "loss"}
     s.logger.log(row)
     return row
 
@@ -205,6 +215,7 @@ def start_state(s: Setup) -> FitState:
     state = FitState(**p)
     if not s.strategy.is_main:  # rank 0 alone carries the saved loss window on;
         state.window_loss = 0.0  # the log row sums every rank's share of it
+        state.window_stats = {k: 0.0 for k in state.window_stats}
     if best is not None:
         state.best_weights = best
     elif state.best and state.best["step"] == state.step:  # the best is the saved weights
@@ -226,23 +237,25 @@ def stop_requested(s: Setup, stop: checkpoint.StopRequest) -> bool:
     return asked > 0
 
 
-def save_checkpoint(s: Setup, state: FitState, window_loss: torch.Tensor,
+def save_checkpoint(s: Setup, state: FitState, window: dict[str, torch.Tensor],
                     start: float) -> Path | None:
     """Write a checkpoint of the current step. Every rank calls it; the strategy says who
     writes what."""
     began = time.perf_counter()
     strategy = s.strategy
     if strategy.world > 1:  # every rank's loss share, and RNG streams, go in one file set
-        window_loss = strategy.reduce(window_loss)
+        window = {k: strategy.reduce(v) for k, v in window.items()}
         rngs: list = [None] * strategy.world
         torch.distributed.all_gather_object(rngs, checkpoint.rng_state())
     else:
         rngs = [checkpoint.rng_state()]
     if strategy.is_main:
-        state.window_loss = window_loss.item()
+        state.window_loss = window["loss"].item()
+        state.window_stats = {k: v.item() for k, v in window.items() if k != "loss"}
         state.seconds = time.perf_counter() - start
     else:  # only rank 0 carries the loss window on
         state.window_loss = 0.0
+        state.window_stats = {k: 0.0 for k in window if k != "loss"}
     best = state.best_weights if state.best.get("step", state.step) != state.step else None
     path = strategy.save_checkpoint(
         s.out / "checkpoints", state.step, best, scheduler=s.scheduler.state_dict(),
@@ -260,9 +273,10 @@ def _steps_in_window(state: FitState, tc) -> int:
 
 
 def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int, step: int
-               ) -> torch.Tensor:
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Optimizer step `step` (counted from 1) over this rank's micro-batches `group`;
-    returns its loss share (without a method's penalty term).
+    returns its loss share (without a method's penalty term) and the task's figures,
+    summed over this rank's rows.
 
     Each micro-batch's summed loss is divided by `n`, the loss terms (samples, or trained
     tokens) of the *whole* effective batch over all ranks, and multiplied by the world size
@@ -274,29 +288,28 @@ def train_step(s: Setup, data: Encoded, group: list[list[int]], n: int, step: in
     strategy, task, hooks = s.strategy, s.task, s.hooks
     scale = strategy.world / max(n, 1)
     total = torch.zeros((), device=strategy.device)
+    figures: dict[str, torch.Tensor] = {}
     for j, idx in enumerate(group):
         batch = task.batch(data, idx, s.pad_id, strategy.device)
         last = j == len(group) - 1
         with strategy.accumulating(last=last):
-            loss = task.loss_sum(s.model, batch, s.autocast) * scale
+            loss, stats = task.loss_and_stats(s.model, batch, s.autocast)
+            loss = loss * scale
+            for k, v in stats.items():
+                figures[k] = figures[k] + v if k in figures else v
             total += loss.detach() / strategy.world
             if last and hooks is not None:  # once per step and rank; DDP averages it
                 loss = loss + hooks.penalty()
             strategy.backward(loss)
     strategy.step(hooks and (lambda: hooks.after_update(step)))
     s.scheduler.step()
-    return total
+    return total, figures
 
 
 def evaluate_split(s: Setup, name: str, stop=None) -> dict:
     """The task's metrics of split `name`. With several processes each runs its share of
     the batches and the sums are added up. `stop()` is asked between batches."""
     return s.task.evaluate(s.model, s.data[name], s.eval_settings(stop=stop))
-
-
-def headline(s: Setup, metrics: dict) -> dict:
-    """The scalar metrics worth a log row."""
-    return {k: metrics[k] for k in s.task.headline if k in metrics}
 
 
 def validate(s: Setup, state: FitState, epoch: int, stop=None) -> None:
@@ -356,39 +369,3 @@ def finish(s: Setup, state: FitState) -> RunResult:
             print(f"warning: {w}", file=sys.stderr)
     s.logger.close()
     return result
-
-
-def summary_json(s: Setup, r: RunResult) -> dict:
-    """summary.json: what the run did and how fast, beside eval.json."""
-    trainable, total = count_parameters(s.module)
-    return {"task": s.cfg.task, "model": s.cfg.model, "method": s.cfg.method,
-            "precision": s.precision, "processes": s.strategy.world,
-            "distributed": s.strategy.name, "trainable_params": trainable,
-            "total_params": total, "steps": r.steps,
-            "epochs": round(r.steps / s.steps_per_epoch, 4), "seconds": r.train_seconds,
-            "samples_per_second": r.samples_per_second,
-            "tokens_per_second": r.tokens_per_second,
-            "best": {"step": r.best.get("step"), "metric": s.metric,
-                     "value": r.best.get(s.metric)},
-            "test": headline(s, r.test) if r.test is not None else None,
-            "peak_memory_mb": r.peak_memory_mb}
-
-
-def summary(s: Setup, r: RunResult, model) -> str:
-    trainable, total = count_parameters(model)
-    rows = [("model", s.cfg.model), ("method", s.cfg.method),
-            ("trainable params", f"{trainable:,} / {total:,} ({trainable / total:.2%})"),
-            ("precision", s.precision),
-            ("train rows", f"{len(s.data['train']):,}" + (" (packed)" if s.cfg.data.packing
-                                                            else "")),
-            ("steps", f"{r.steps} ({r.steps / s.steps_per_epoch:.2f} epochs)"),
-            ("train time", f"{r.train_seconds:.1f} s; training steps ran at "
-                           f"{r.samples_per_second:.1f} rows/s, "
-                           f"{r.tokens_per_second:.0f} tokens/s"),
-            (f"best validation {s.metric}",
-             f"{r.best[s.metric]:.4f} (step {r.best['step']})")]
-    if r.test is not None:
-        rows += [(f"test {k}", f"{v:.4f}") for k, v in headline(s, r.test).items()]
-    rows += [("peak memory", f"{r.peak_memory_mb:,.0f} MB"), ("run dir", str(s.out))]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join([""] + [f"  {k:<{width}}  {v}" for k, v in rows])

@@ -20,7 +20,7 @@ def test_every_task_module_registers_its_tasks():
     assert registered == modules
     assert all(isinstance(t, Task) and name == t.name for name, t in TASKS.items())
     with pytest.raises(LmtuneError, match="must be one of classify"):
-        get_task("dpo")
+        get_task("kto")
 
 
 def test_no_task_or_method_names_are_compared_outside_the_seams():

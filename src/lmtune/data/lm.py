@@ -41,6 +41,36 @@ def load_lm_splits(cfg: Config, conversations: bool, train_table: Table | None =
     """Read the splits: conversations (`conversations`) or plain texts; `test_only`
     (evaluation on `data.test`) reads nothing else."""
     data = cfg.data
+    tables = read_tables(cfg, train_table, test_only)
+    first = tables.get("train", tables.get("test"))
+    pair = (data.source_column, data.target_column)
+    fmt = data.format
+    if fmt == "auto":
+        fmt = formats.detect_format(first, data.text_column, pair=pair)
+    if fmt.endswith("preference"):
+        raise LmtuneError(f"data.format={fmt}: preference pairs are for task=dpo")
+    if conversations != (fmt != "text"):
+        raise LmtuneError(f"{first.source}: format {fmt!r} does not suit "
+                          f"task={cfg.task} (sft and seq2seq take chat-style or source/"
+                          "target rows; clm/mlm take text)")
+    items, where = {}, {}
+    for name in SPLITS:
+        if name not in tables:
+            continue
+        rows = tables[name]
+        items[name] = formats.conversations(rows, fmt, pair=pair) if fmt != "text" else \
+            formats.texts(rows, data.text_column)
+        where[name] = [rows.loc(i) for i in range(len(rows.rows))]
+    if "train" in items:
+        split_missing(items, where, data, cfg.seed)
+    return LMSplits(items, where, fmt)
+
+
+def read_tables(cfg: Config, train_table: Table | None = None, test_only: bool = False
+                ) -> dict[str, Table]:
+    """The tables of each split the config names (`test_only`: only `data.test`, when set),
+    each cut to `data.max_samples` rows."""
+    data = cfg.data
     if test_only and data.test is not None:
         tables = {"test": _read_split(data.test, "test", cfg)}
     else:
@@ -55,28 +85,9 @@ def load_lm_splits(cfg: Config, conversations: bool, train_table: Table | None =
         if "train" not in tables:
             raise LmtuneError(f"{data.train}: has splits {', '.join(tables)} but no 'train' "
                               "split")
-    first = tables.get("train", tables.get("test"))
-    pair = (data.source_column, data.target_column)
-    fmt = data.format
-    if fmt == "auto":
-        fmt = formats.detect_format(first, data.text_column, pair=pair)
-    if conversations != (fmt != "text"):
-        raise LmtuneError(f"{first.source}: format {fmt!r} does not suit "
-                          f"task={cfg.task} (sft and seq2seq take chat-style or source/"
-                          "target rows; clm/mlm take text)")
-    items, where = {}, {}
-    for name in SPLITS:
-        if name not in tables:
-            continue
-        table = tables[name]
-        n = data.max_samples or len(table.rows)
-        rows = Table(table.source, table.columns, table.rows[:n], table.lines[:n], table.unit)
-        items[name] = formats.conversations(rows, fmt, pair=pair) if fmt != "text" else \
-            formats.texts(rows, data.text_column)
-        where[name] = [rows.loc(i) for i in range(len(rows.rows))]
-    if "train" in items:
-        _split_missing(items, where, data, cfg.seed)
-    return LMSplits(items, where, fmt)
+    n = data.max_samples
+    return {name: Table(t.source, t.columns, t.rows[:n], t.lines[:n], t.unit) if n else t
+            for name, t in tables.items()}
 
 
 def _read_split(name: str, split: str, cfg: Config) -> Table:
@@ -85,7 +96,7 @@ def _read_split(name: str, split: str, cfg: Config) -> Table:
     return t.get(split, next(iter(t.values()))) if isinstance(t, dict) else t
 
 
-def _split_missing(items: dict, where: dict, data, seed: int) -> None:
+def split_missing(items: dict, where: dict, data, seed: int) -> None:
     """Carve validation (and test, when no source names one) out of train, seeded."""
     want = {}
     if "validation" not in items:

@@ -61,14 +61,14 @@ def spans(tokenizer, conv: Conversation, train_on: str) -> tuple[str, list[tuple
                               "masked; use another template or train_on=all")
         start, end = len(before), len(through)
         if m.role == "assistant":
-            end = _end_of_turn(tokenizer, text, start, end, m)
+            end = end_of_turn(tokenizer, text, start, end, m)
         trained = train_on == "all" or (m.role == "assistant" and (
             train_on == "assistant" or i == last))
         out.append((start, end, m.role, trained))
     return text, out
 
 
-def _end_of_turn(tokenizer, text: str, start: int, end: int, m: Message) -> int:
+def end_of_turn(tokenizer, text: str, start: int, end: int, m: Message) -> int:
     """End of the first special token after the content: the end-of-turn marker."""
     content_at = text.find(m.content, start, end) if m.content else -1
     search_from = content_at + len(m.content) if content_at >= 0 else start
@@ -154,7 +154,7 @@ def end_of_turn_ids(tokenizer) -> set[int]:
         conv = [Message("user", "hi"), Message("assistant", "ok")]
         text = render(tokenizer, conv)
         start = len(render(tokenizer, conv[:1], generation_prompt=True))
-        end = _end_of_turn(tokenizer, text, start, len(text), conv[1])
+        end = end_of_turn(tokenizer, text, start, len(text), conv[1])
         tail = text[start:end]
         for tok in tokenizer.all_special_tokens:
             if tail.endswith(tok):

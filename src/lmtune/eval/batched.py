@@ -185,3 +185,65 @@ def evaluate_loss(model, data: Encoded, make_batch, loss_sum, how) -> dict:
     loss = total / max(1, units)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": units,
             "n": len(data)}
+
+
+def pair_passes(model, data: Encoded, task, how, progress_desc: str = "eval"
+                ) -> Iterator[tuple[list[int], dict]]:
+    """Yield (pair indices, batch) over length-sorted batches of preference pairs, in eval
+    mode and without grad; with `how.ranks`, this rank's share (uncounted repeats left
+    out: a caller that runs collectives must use `rank_share` itself)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(data), desc=progress_desc, unit="pair", disable=not how.progress,
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    try:
+        with torch.no_grad():
+            shape = None
+            for idx, counts in rank_share(batches_of(data, how.batch_size, model), how.ranks):
+                check_stop(how.stop)
+                batch = task.batch(data, idx, how.pad_id, device)
+                shape = _new_shape_trims(shape, batch["input_ids"].shape)
+                yield (idx if counts else []), batch
+                bar.update(len(idx) if counts else 0)
+    finally:
+        model.train(was_training)
+        bar.close()
+
+
+def evaluate_pairs(model, data: Encoded, task, how) -> dict:
+    """Preference metrics of `data` (a `PairEncoded`) under `task` (a bound `Dpo`).
+
+    `preference_accuracy`: with a reference, the share of pairs whose chosen completion has
+    the higher log-probability ratio to the reference (summed over its tokens); without one
+    (a base model evaluated alone), the share whose chosen completion has the higher mean
+    per-token log-probability. Loss and rewards where the loss can be computed."""
+    from lmtune.tasks.dpo import sequence_logps
+
+    device = next(model.parameters()).device
+    sums = torch.zeros(7, dtype=torch.float64)  # pairs, loss, 4 rewards, preference
+    has_loss = False
+    for idx, batch in pair_passes(model, data, task, how):
+        policy = sequence_logps(model, batch, how.autocast)
+        ref = task.reference_of(model, batch, how.autocast)
+        tokens = batch["completion_tokens"].to(policy.device).float()
+        if not idx:  # a repeat that keeps collectives in step
+            continue
+        pc, pr = (policy if ref is None else policy - ref.float()).chunk(2)
+        if ref is None:
+            pc, pr = pc / tokens.chunk(2)[0], pr / tokens.chunk(2)[1]
+        row = [len(idx), 0.0, 0.0, 0.0, 0.0, 0.0, (pc > pr).sum().item()]
+        if ref is not None or task.loss_kind == "simpo":
+            has_loss = True
+            losses, chosen, rejected = task.pair_losses(policy, ref, tokens)
+            row[1:6] = [losses.sum().item(), chosen.sum().item(), rejected.sum().item(),
+                        (chosen - rejected).sum().item(), (chosen > rejected).sum().item()]
+        sums += torch.tensor(row, dtype=torch.float64)
+    n, *rest = _sum_over_ranks(sums.tolist(), device, how.ranks)
+    n = max(round(n), 1)
+    metrics = {"n": n, "preference_accuracy": rest[5] / n}
+    if has_loss:
+        metrics |= {"loss": rest[0] / n, "rewards/chosen": rest[1] / n,
+                    "rewards/rejected": rest[2] / n, "rewards/margins": rest[3] / n,
+                    "rewards/accuracies": rest[4] / n}
+    return metrics

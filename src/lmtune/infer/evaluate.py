@@ -39,7 +39,8 @@ def evaluate_run(path: str | Path, overrides: list[str] | tuple = (),
     if run.task.labels:
         return evaluate_classifier_run(path, cfg, new_test, compare_base, progress,
                                        predictions)
-    return evaluate_lm_run(path, cfg, run.task, new_test, compare_base, progress)
+    return evaluate_lm_run(path, cfg, run.task.for_run(cfg), new_test, compare_base,
+                           progress)
 
 
 # ------------------------------------------------------------------------- classifiers
@@ -122,7 +123,8 @@ def evaluate_lm_run(path, cfg: Config, task: Task, new_test: bool, compare_base:
     if "test" not in splits.items:
         raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
     items, where = splits.items["test"], splits.where["test"]
-    tuned, rows = evaluate_lm_model(path, cfg, task, items, where, progress)
+    tuned, rows = evaluate_lm_model(path, cfg, task, items, where, progress,
+                                    reference=cfg.model)
     result = {"test": tuned | {"source": where[0].rsplit(":", 1)[0] if where else ""}}
     if compare_base:
         base, base_rows = evaluate_lm_model(cfg.model, cfg, task, items, where, progress)
@@ -134,8 +136,10 @@ def evaluate_lm_run(path, cfg: Config, task: Task, new_test: bool, compare_base:
 
 
 def evaluate_lm_model(model_ref: str | Path, cfg: Config, task: Task, items: list,
-                      where: list[str], progress: bool) -> tuple[dict, list[dict]]:
-    """Metrics of one model (a run dir, or the base model's name) on `items`."""
+                      where: list[str], progress: bool, reference: str | None = None
+                      ) -> tuple[dict, list[dict]]:
+    """Metrics of one model (a run dir, or the base model's name) on `items`; `reference`
+    names the model the run started from, for tasks that score against it (DPO)."""
     precision = runtime.resolve_precision(cfg.train.precision)
     generator = None
     if task.decodes:
@@ -154,8 +158,11 @@ def evaluate_lm_model(model_ref: str | Path, cfg: Config, task: Task, items: lis
             auto_class=task.model_class, cache_dir=cfg.cache_dir)
     enc, _ = task.encode_split(cfg, tokenizer, items, where, model.config, train=False)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    metrics = task.evaluate(model, enc, EvalSettings(
-        cfg.eval.batch_size, pad, lambda: runtime.autocast(precision), progress=progress))
+    how = EvalSettings(cfg.eval.batch_size, pad, lambda: runtime.autocast(precision),
+                       progress=progress)
+    task.before_eval(model, enc, reference and (
+        lambda: open_run(reference, cfg.cache_dir).load(cache_dir=cfg.cache_dir, merge=True)[0]), how)
+    metrics = task.evaluate(model, enc, how)
     rows: list[dict] = [{"where": w} for w in where]
     if task.generates and generator is not None:
         n = cfg.eval.max_samples or len(items)

@@ -28,7 +28,8 @@ ALIAS_NAMES = (*ALIASES, *BUILT)
 
 
 def resolve_model(name: str, cache_dir: str = "") -> str:
-    """A local dir path for aliases and dirs; a hub id is returned as it is."""
+    """A local dir path for aliases, run dirs and model dirs; a hub id is returned as it
+    is."""
     if name in BUILT:
         encoder = Path(resolve_model(BUILT[name], cache_dir))
         return str(build_once(cache_root(cache_dir) / "models" / name,
@@ -41,6 +42,10 @@ def resolve_model(name: str, cache_dir: str = "") -> str:
             return str(convert_gguf(path, cache_root(cache_dir) / "models" / path.stem))
         return str(path)
     path = Path(name).expanduser()
+    from lmtune.models.runs import is_run_dir, run_model_dir
+
+    if is_run_dir(path):  # what a finished run trained (an adapter run: merged, once)
+        return str(run_model_dir(path, cache_dir))
     if path.exists():
         if not path.is_dir():
             raise LmtuneError(f"model {name!r}: is a file; give an HF model dir (with "

@@ -10,10 +10,11 @@ from lmtune.errors import LmtuneError
 from lmtune.tasks.base import EvalSettings, Task
 from lmtune.tasks.causal import Clm, Sft
 from lmtune.tasks.classify import Classify
+from lmtune.tasks.dpo import Dpo
 from lmtune.tasks.mlm import Mlm
 from lmtune.tasks.seq2seq import Seq2seq
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Sft(), Seq2seq(), Clm(), Mlm())}
+TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Sft(), Seq2seq(), Clm(), Mlm(), Dpo())}
 
 
 def get_task(name: str) -> Task:

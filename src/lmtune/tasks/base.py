@@ -10,6 +10,7 @@ instead of comparing task names.
     generate  how prompts are built for decoding (`decode_kind`), which validation rows are
               generated from (`prompts`)
     check     the config checks that only this task knows
+    for_run   the task bound to the run's settings (DPO's beta and loss)
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class Task:
     packs = False  # can pack several samples into one row (data.packing)
     head_modules: tuple[str, ...] = ()  # modules a new task head adds (they always train)
     max_length = 128  # train.max_length unless set
+    no_dropout = False  # dropout off in the model trained (train.dropout unset)
+
+    def for_run(self, cfg: Config) -> Task:
+        """The task bound to a run's own settings (a loss's coefficients), for everything
+        that has no config at hand (`loss_sum`, `evaluate`). Most tasks have none."""
+        return self
 
     def check(self, cfg: Config) -> None:
         """Config checks only this task knows; raise ConfigError(key, message)."""
@@ -132,6 +139,16 @@ class Task:
         """How prompts are built for decoding: chat, text or seq2seq (None: no decoding)."""
         return None
 
+    def before_training(self, cfg: Config, model, data: dict[str, Encoded],
+                        how: EvalSettings) -> None:
+        """Work on the encoded splits that needs the starting model, done once before the
+        first step (DPO: the reference log-probabilities). Nothing by default."""
+
+    def before_eval(self, model, data: Encoded, reference: Callable | None,
+                    how: EvalSettings) -> None:
+        """The same for `lmtune eval`: `reference()` loads the model the run started from;
+        None when that model itself is evaluated. Nothing by default."""
+
     # ---------------------------------------------------------------- the loss
 
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -148,6 +165,12 @@ class Task:
         micro-batches, all ranks), so accumulation and data parallelism give the gradient of
         one big batch."""
         raise NotImplementedError
+
+    def loss_and_stats(self, model, batch: dict[str, torch.Tensor], autocast
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`loss_sum`, and figures worth a training log row as sums over the batch's rows
+        (the loop logs their mean per row): none by default."""
+        return self.loss_sum(model, batch, autocast), {}
 
     def evaluate(self, model, data: Encoded, how: EvalSettings) -> dict:
         """Metrics of one encoded split: token loss and perplexity unless overridden."""
