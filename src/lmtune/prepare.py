@@ -99,7 +99,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
         set_dropout(model, cfg.train.dropout)
     model = apply_method(model, cfg, task)
-    if task.no_dropout and cfg.train.dropout is None:  # the adapter's dropout too
+    if task.no_dropout:  # the adapter's dropout too
         set_dropout(model, 0.0)
     if not any(p.requires_grad for p in model.parameters()):
         raise LmtuneError(f"method={cfg.method}: leaves no parameter of {cfg.model} to train")

@@ -28,7 +28,7 @@ import torch
 
 from lmtune.config import Config
 from lmtune.data import templates
-from lmtune.data.collate import Encoded, padded
+from lmtune.data.collate import PAD_MULTIPLE, Encoded, padded
 from lmtune.data.formats import ROLES, Conversation, Message, _turns
 from lmtune.data.lm import LMSplits, Report, SPLITS, batch_padding, read_tables, split_missing
 from lmtune.data.packing import best_fit
@@ -243,11 +243,16 @@ def _sequences(data: PairEncoded, idx: list[int]) -> list[tuple[np.ndarray, int]
 
 def _pack_rows(data: PairEncoded, idx: list[int]) -> tuple[list[list[int]], int]:
     """Rows of sequence numbers and their padded width: one sequence a row, or, packed,
-    best-fit into rows of `pack_to` tokens."""
+    best-fit into rows of the width, up to `pack_to`, that leaves the fewest pad slots
+    (the narrowest of equals: attention costs the square of the width)."""
     lengths = [len(ids) for ids, _ in _sequences(data, idx)]
-    rows = best_fit(lengths, data.pack_to) if data.pack_to else \
-        [[k] for k in range(len(lengths))]
-    return rows, padded(max(sum(lengths[k] for k in r) for r in rows))
+    best = [[k] for k in range(len(lengths))], padded(max(lengths))
+    for width in range(best[1] + PAD_MULTIPLE, data.pack_to + 1, PAD_MULTIPLE):
+        rows = best_fit(lengths, width)
+        fill = padded(max(sum(lengths[k] for k in r) for r in rows))
+        if len(rows) * fill < len(best[0]) * best[1]:
+            best = rows, fill
+    return best
 
 
 def collate_pairs(data: PairEncoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:

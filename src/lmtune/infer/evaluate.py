@@ -227,13 +227,17 @@ def format_metrics(m: dict, names: list[str]) -> str:
 def format_lm_metrics(result: dict) -> str:
     """The eval table; with a base model, side by side with the difference."""
     test, base = result["test"], result.get("base", {}).get("test")
-    keys = [k for k in ("loss", "perplexity", *GENERATION_METRICS) if k in test]
+    keys = [k for k, v in test.items() if isinstance(v, float)]
+    w = max(12, *map(len, keys))
     lines = [f"test set: {test.get('source', '?')} ({test['n']} rows"
              + (f", {test['generated']} generated)" if "generated" in test else ")")]
     if base is None:
-        lines += [f"  {k:<12} {test[k]:10.4f}" for k in keys]
+        lines += [f"  {k:<{w}} {test[k]:10.4f}" for k in keys]
         return "\n".join(lines)
-    lines.append(f"  {'metric':<12} {'base':>10} {'tuned':>10} {'change':>10}")
-    for k in keys:
-        lines.append(f"  {k:<12} {base[k]:10.4f} {test[k]:10.4f} {test[k] - base[k]:+10.4f}")
+    lines.append(f"  {'metric':<{w}} {'base':>10} {'tuned':>10} {'change':>10}")
+    for k in keys:  # a base model alone has no reference to score DPO's rewards against
+        if k not in base:
+            lines.append(f"  {k:<{w}} {'-':>10} {test[k]:10.4f}")
+            continue
+        lines.append(f"  {k:<{w}} {base[k]:10.4f} {test[k]:10.4f} {test[k] - base[k]:+10.4f}")
     return "\n".join(lines)

@@ -63,6 +63,9 @@ class Dpo(Task):
         from lmtune.methods import METHODS
 
         super().check(cfg)
+        if cfg.train.dropout:
+            raise ConfigError("train.dropout", "task=dpo scores completions with dropout off "
+                              "(policy and reference must score them alike); set it to 0")
         if not cfg.dpo.precompute_ref and cfg.dpo.loss != "simpo" \
                 and not METHODS[cfg.method].adapter:
             raise ConfigError("dpo.precompute_ref", f"false scores the reference with the "
