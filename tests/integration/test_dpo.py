@@ -315,3 +315,38 @@ def test_preference_data_is_refused_by_other_tasks_and_chat_data_by_dpo(
                  f"output_dir={tmp_path / 'b'}", "data.format=preference"]) == 2
     assert "for task=dpo" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- several processes
+
+
+@pytest.mark.parametrize("mode,method", [("ddp", "lora"), ("fsdp", "full"), ("zero3", "full")])
+def test_two_processes_equal_one(tiny_llama, pairs_jsonl, tmp_path, mode, method):
+    """Each rank scores the reference for the starting model before it is sharded; the
+    loss, rewards and weights of 2 processes equal those of 1 with the same global batch."""
+    import subprocess
+    import sys
+
+    from tests.integration.test_multiprocess import SHARDED, needs
+
+    needs(mode)
+    base = [*args(tiny_llama, pairs_jsonl, "x"), f"method={method}", "lora.dropout=0",
+            "train.lr=3e-3", "train.max_steps=4", "train.eval_every=2",
+            "train.group_by_length=false"]
+    base = [a for a in base if not a.startswith("output_dir=")]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--quiet", *base, "train.grad_accum=2", f"output_dir={one}"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtune", "train", "--nproc", "2", "--quiet", *base,
+         "train.grad_accum=1", "train.batch_size=8", *SHARDED.get(mode, []),
+         f"output_dir={two}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ma, mb = metric_rows(one), metric_rows(two)
+    assert len(ma) == len(mb) and any("rewards/margins" in r for r in ma)
+    for ra, rb in zip(ma, mb):
+        for k in ra.keys() - {"samples_per_s", "tokens_per_s", "split"}:
+            assert ra[k] == pytest.approx(rb[k], abs=1e-5), (k, ra, rb)
+    name = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    wa, wb = load_file(one / "model" / name), load_file(two / "model" / name)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)

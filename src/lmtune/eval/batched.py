@@ -227,14 +227,14 @@ def evaluate_pairs(model, data: Encoded, task, how) -> dict:
         policy = sequence_logps(model, batch, how.autocast)
         ref = task.reference_of(model, batch, how.autocast)
         tokens = batch["completion_tokens"].to(policy.device).float()
+        has_loss = ref is not None or task.loss_kind == "simpo"  # the same on every rank
         if not idx:  # a repeat that keeps collectives in step
             continue
         pc, pr = (policy if ref is None else policy - ref.float()).chunk(2)
         if ref is None:
             pc, pr = pc / tokens.chunk(2)[0], pr / tokens.chunk(2)[1]
         row = [len(idx), 0.0, 0.0, 0.0, 0.0, 0.0, (pc > pr).sum().item()]
-        if ref is not None or task.loss_kind == "simpo":
-            has_loss = True
+        if has_loss:
             losses, chosen, rejected = task.pair_losses(policy, ref, tokens)
             row[1:6] = [losses.sum().item(), chosen.sum().item(), rejected.sum().item(),
                         (chosen - rejected).sum().item(), (chosen > rejected).sum().item()]
