@@ -72,7 +72,8 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 @dataclass
 class DataConfig:
     train: str = opt("rotten_tomatoes", "training data: CSV/TSV/JSONL/Parquet file, saved HF "
-                     "datasets dir, or built-in name (rotten_tomatoes)")
+                     "datasets dir, or built-in name (rotten_tomatoes, "
+                     "rotten_tomatoes_pairs, aclsum, bible_en_es)")
     validation: str | None = opt(None, "validation data; split from train when unset")
     test: str | None = opt(None, "test data; split from train when only train is given")
     text_column: str = opt("text", "column holding the input text")

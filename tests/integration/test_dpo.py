@@ -350,3 +350,35 @@ def test_two_processes_equal_one(tiny_llama, pairs_jsonl, tmp_path, mode, method
     wa, wb = load_file(one / "model" / name), load_file(two / "model" / name)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_run_dir_as_model_merges_its_adapter_once_and_refuses_virtual_tokens(
+        tiny_llama, chat_jsonl, tmp_path, capsys):
+    from lmtune.errors import LmtuneError
+    from lmtune.models.load import resolve_model
+
+    common = ["task=sft", f"model={tiny_llama}", f"data.train={chat_jsonl}", "train.max_steps=2",
+              "train.precision=fp32", "train.threads=1", "train.min_steps=0",
+              "train.max_length=64", "prompt.virtual_tokens=4"]
+    for method in ("full", "lora", "prompt"):
+        assert main(["train", "--quiet", *common, f"method={method}",
+                     f"output_dir={tmp_path / method}"]) == 0
+    cache = str(tmp_path / "cache")
+    assert resolve_model(str(tmp_path / "full"), cache) == str(tmp_path / "full" / "model")
+    merged = resolve_model(str(tmp_path / "lora"), cache)
+    assert "merging the lora adapter" in capsys.readouterr().err
+    assert resolve_model(str(tmp_path / "lora"), cache) == merged  # once
+    assert "merging" not in capsys.readouterr().err
+    assert (tmp_path / "cache" / "models").is_dir() and merged.startswith(cache)
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.rundir import open_run
+
+    peft_model = open_run(tmp_path / "lora").load(attention="sdpa")[0]
+    plain = AutoModelForCausalLM.from_pretrained(merged, attn_implementation="sdpa").eval()
+    ids = torch.tensor([[5, 17, 42, 9, 33, 2]])
+    with torch.no_grad():  # what the run trained, folded into plain weights
+        torch.testing.assert_close(plain(ids).logits, peft_model(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(LmtuneError, match="virtual tokens"):
+        resolve_model(str(tmp_path / "prompt"), cache)

@@ -59,3 +59,29 @@ def rotten_tomatoes(seed: int, cache_dir: str = "") -> dict[str, Table]:
     return {name: Table(f"rotten_tomatoes[{name}]", ["text", "label", "movie"], rows, lines)
             for name, (rows, lines) in splits.items()}
 
+
+
+def rotten_tomatoes_pairs(seed: int, cache_dir: str = "") -> dict[str, Table]:
+    """Preference pairs for task=dpo from the Rotten Tomatoes splits (movies never span two
+    splits): "Write a positive (or negative) review of the film X." with a review of X
+    that has the asked-for sentiment as the chosen answer, and one of X with the other
+    sentiment as the rejected one. Half the pairs ask for each sentiment; every snippet is
+    used once."""
+    out = {}
+    for name, table in rotten_tomatoes(seed, cache_dir).items():
+        by_movie: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for row, line in zip(table.rows, table.lines):
+            by_movie[row["movie"]][row["label"]].append((row["text"], line))
+        rows, lines = [], []
+        for movie, kinds in sorted(by_movie.items()):
+            for fresh, rotten in zip(kinds["fresh"], kinds["rotten"]):
+                want = "positive" if len(rows) % 2 == 0 else "negative"
+                chosen, rejected = (fresh, rotten) if want == "positive" else (rotten, fresh)
+                title = movie.replace("_", " ").title()
+                rows.append({"prompt": f"Write a one-sentence {want} review of the film "
+                                       f"{title}.",
+                             "chosen": chosen[0], "rejected": rejected[0]})
+                lines.append(chosen[1])
+        out[name] = Table(f"rotten_tomatoes_pairs[{name}]", ["prompt", "chosen", "rejected"],
+                          rows, lines)
+    return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmtune.config import DataConfig
-from lmtune.data.builtin import rotten_tomatoes
+from lmtune.data.builtin import rotten_tomatoes, rotten_tomatoes_pairs
 from lmtune.data.instructions import aclsum, bible_en_es
 from lmtune.data.readers import Table, read_path
 from lmtune.errors import LmtuneError
@@ -43,7 +43,8 @@ class Splits:
         return {name: i for i, name in enumerate(self.label_names)}
 
 
-BUILTINS = {"rotten_tomatoes": rotten_tomatoes, "aclsum": aclsum, "bible_en_es": bible_en_es}
+BUILTINS = {"rotten_tomatoes": rotten_tomatoes, "rotten_tomatoes_pairs": rotten_tomatoes_pairs,
+            "aclsum": aclsum, "bible_en_es": bible_en_es}
 
 
 def read_source(name: str, seed: int, cache_dir: str = "") -> Table | dict[str, Table]:
