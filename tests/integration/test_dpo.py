@@ -15,7 +15,8 @@ from lmtune.config import load_config
 from lmtune.data.preference import PairEncoded, collate_pairs
 from lmtune.prepare import prepare
 from lmtune.tasks import get_task
-from lmtune.tasks.dpo import reference_logps, sequence_logps
+from lmtune.models.logprobs import sequence_logps
+from lmtune.tasks.dpo import reference_logps
 from tests.conftest import CHAT_WORDS, metric_rows, train_tracked
 from tests.methods import case, names
 

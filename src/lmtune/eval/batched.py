@@ -218,7 +218,7 @@ def evaluate_pairs(model, data: Encoded, task, how) -> dict:
     the higher log-probability ratio to the reference (summed over its tokens); without one
     (a base model evaluated alone), the share whose chosen completion has the higher mean
     per-token log-probability. Loss and rewards where the loss can be computed."""
-    from lmtune.tasks.dpo import sequence_logps
+    from lmtune.models.logprobs import sequence_logps
 
     device = next(model.parameters()).device
     sums = torch.zeros(7, dtype=torch.float64)  # pairs, loss, 4 rewards, preference

@@ -30,7 +30,7 @@ from lmtune.config import Config, ConfigError
 from lmtune.data import templates
 from lmtune.data.lm import LMSplits, Report
 from lmtune.data.preference import PairEncoded, collate_pairs, encode_pairs, load_pairs
-from lmtune.models.prompts import prepended_positions
+from lmtune.models.logprobs import sequence_logps
 from lmtune.tasks.base import EvalSettings, Task
 
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -157,25 +157,6 @@ class Dpo(Task):
         from lmtune.eval.batched import evaluate_pairs
 
         return evaluate_pairs(model, data, self, how)
-
-
-def sequence_logps(model, batch: dict[str, torch.Tensor], autocast) -> torch.Tensor:
-    """Summed log-probabilities of each sequence's completion tokens: [2B] fp32.
-
-    Position t predicts token t+1; only positions whose next token is a completion token
-    are projected onto the vocabulary (`logits_to_keep`), as for SFT."""
-    nxt = batch["targets"][:, 1:]
-    keep = torch.zeros_like(batch["targets"], dtype=torch.bool)
-    keep[:, :-1] = nxt != -100
-    keep = F.pad(keep, (prepended_positions(model), 0))  # prompt learning's V positions
-    with autocast():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch.get("position_ids"), logits_to_keep=keep,
-                       use_cache=False).logits  # [N kept, V]
-    token = -F.cross_entropy(logits.float(), nxt[nxt != -100], reduction="none")
-    sequence = batch["sequence"][:, 1:][nxt != -100]
-    out = torch.zeros(len(batch["completion_tokens"]), device=token.device)
-    return out.index_add(0, sequence, token)
 
 
 @contextlib.contextmanager
