@@ -106,16 +106,16 @@ def prepare(cfg: Config, train_table: Table | None = None,
     if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
         hold_frozen_linears_in_bf16(model)
     strategy = make_strategy(cfg.train, precision)
-    # The starting model, whole (before sharding), as every rank holds it.
-    task.before_training(cfg, model, data, EvalSettings(
-        cfg.eval.batch_size, tokenizer.pad_token_id or 0, lambda: runtime.autocast(precision),
-        progress=strategy.is_main))
     steps_per_epoch, total_steps = count_steps(cfg, len(data["train"]), strategy.world)
     model = strategy.shard(model)  # before the optimizer: sharding replaces parameters
     optimizer = build_optimizer(model, cfg.train, method.lr_scale(cfg) if method.lr_scale
                                 else None)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)  # ours in every mode
     model = strategy.wrap(model, optimizer)
+    # The starting model, on its device (sharded, maybe): the ranks share the work out.
+    task.before_training(cfg, model, data, EvalSettings(
+        cfg.eval.batch_size, tokenizer.pad_token_id or 0, lambda: runtime.autocast(precision),
+        strategy.ranks, progress=strategy.is_main))
     hooks = method.hooks(strategy.module, total_steps) if method.hooks else None
     resumed = find_checkpoint(cfg, out, strategy)
     log: Logger = NullLogger()

@@ -172,15 +172,20 @@ def reference_view(model):
 
 def reference_logps(model, data: PairEncoded, task: Dpo, how: EvalSettings) -> torch.Tensor:
     """The reference's sums [N, 2] (chosen, rejected) for every pair of `data`, in eval mode
-    and without grad; an adapter model is scored with its adapter off."""
+    and without grad; an adapter model is scored with its adapter off. With `how.ranks`,
+    each rank scores its share of the batches and the shares are added up; a rank short of
+    a batch runs a repeat, uncounted, since a sharded model's forward is a collective."""
     from lmtune.eval.batched import pair_passes
 
     inner = getattr(model, "module", model)
     view = reference_view(inner) if hasattr(inner, "disable_adapter") else \
         contextlib.nullcontext(inner)
-    out = torch.zeros(len(data), 2)
+    out = torch.zeros(len(data), 2, device=next(inner.parameters()).device)
     with view as frozen:
         for idx, batch in pair_passes(frozen, data, task, how, progress_desc="reference"):
-            sums = sequence_logps(frozen, batch, how.autocast).float().cpu()
-            out[torch.tensor(idx)] = sums.view(2, -1).T
-    return out
+            sums = sequence_logps(frozen, batch, how.autocast).float()
+            if idx:  # not a repeat
+                out[torch.tensor(idx)] = sums.view(2, -1).T
+    if how.ranks is not None:
+        torch.distributed.all_reduce(out)
+    return out.cpu()
