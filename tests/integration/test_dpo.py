@@ -383,3 +383,23 @@ def test_a_run_dir_as_model_merges_its_adapter_once_and_refuses_virtual_tokens(
                                    atol=1e-5, rtol=1e-5)
     with pytest.raises(LmtuneError, match="virtual tokens"):
         resolve_model(str(tmp_path / "prompt"), cache)
+
+
+def test_a_precomputed_reference_is_used_and_no_reference_runs_during_training(
+        tiny_llama, pairs_jsonl, tmp_path, monkeypatch):
+    """TRL#1962 (the setting silently ignored) and TRL PR#6443 (validation scored against
+    the trained model): every split carries the reference's sums before the first step,
+    and neither training nor validation switches the adapter off again."""
+    import lmtune.tasks.dpo as dpo
+    from lmtune.train import finish, fit
+
+    cfg = load_config(None, args(tiny_llama, pairs_jsonl, tmp_path / "run", "method=lora",
+                                 "train.max_steps=4", "train.eval_every=2"))
+    s = prepare(cfg)
+    assert all(split.ref is not None and split.ref.shape == (len(split), 2)
+               for split in s.data.values())
+    calls = []
+    real = dpo.reference_view
+    monkeypatch.setattr(dpo, "reference_view", lambda m: calls.append(1) or real(m))
+    finish(s, fit(s, progress=False))
+    assert calls == []

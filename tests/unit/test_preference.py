@@ -131,3 +131,23 @@ def test_splits_are_carved_from_train_and_a_test_file_is_read_alone(tmp_path):
     alone = load_pairs(cfg(path, f"data.test={test}", "data.format=openai_preference"),
                        test_only=True)
     assert alone.items == {"test": [WANT]} and alone.where["test"][0].endswith("test.jsonl:1")
+
+
+def test_a_prompt_ending_in_a_space_keeps_its_tokens_whatever_the_answer(tok, tmp_path):
+    """TRL#2054: a template whose generation prompt ends with a space. Tokenized as one
+    text, the space merges into the answer's first word (" the"), so the prompt's tokens
+    would differ between the two answers and from the prompt alone. Tokenized apart, they
+    are the same."""
+    import copy
+
+    spaced = copy.deepcopy(tok)
+    spaced.chat_template = tok.chat_template.replace("### Assistant:\n", "### Assistant: ")
+    pair = Pair([Message("user", "repeat: the cat")], "the cat", "cat the")
+    prompt_text, chosen_text = completion_text(spaced, pair.prompt, pair.chosen)
+    assert prompt_text.endswith(" ")
+    ids = lambda t: spaced(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    joined = ids(prompt_text + chosen_text)
+    assert joined[:len(ids(prompt_text))] != ids(prompt_text)  # the trap is real here
+    enc, _ = encode_pairs([pair], ["x:1"], cfg(tmp_path), spaced, train=True)
+    p = enc.prompt_lengths[0]
+    assert list(enc.input_ids[0][:p]) == list(enc.rejected_ids[0][:p]) == ids(prompt_text)
