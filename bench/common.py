@@ -30,6 +30,23 @@ def step_clock():
     return Clock()
 
 
+def count_batch_tokens(trainer) -> list[int]:
+    """Wrap a Trainer's collator so that it records each batch's real tokens (the attention
+    mask's ones; every token of a padding-free batch, which has no mask). Returns the list
+    it fills, one entry per collated batch."""
+    counted: list[int] = []
+    collator = trainer.data_collator
+
+    def collate(features):
+        batch = collator(features)
+        mask = batch.get("attention_mask")
+        counted.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+        return batch
+
+    trainer.data_collator = collate
+    return counted
+
+
 # lmtune's children set up the process as an `lmtune` command does (`as_lmtune_command`:
 # oneDNN's primitive cache capped). The peers' children pin oneDNN's own default, so a peer is
 # measured as its users run it whatever this process's environment holds.

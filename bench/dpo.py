@@ -25,7 +25,8 @@ import json
 import statistics
 import time
 
-from common import PEER_ENV, as_lmtune_command, best_precision, peak_rss_mb, step_clock
+from common import (PEER_ENV, as_lmtune_command, best_precision, count_batch_tokens,
+                    peak_rss_mb, step_clock)
 from common import spawn as common_spawn
 
 LR, BETA, MAX_LENGTH, WARMUP_STEPS = 5e-4, 0.1, 256, 2
@@ -108,16 +109,7 @@ def run_trl(steps: int, batch: int) -> dict:
     clock = step_clock()
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora, callbacks=[clock])
-    counted: list[int] = []
-    collator = trainer.data_collator
-
-    def collate(features):
-        out = collator(features)
-        mask = out.get("attention_mask")
-        counted.append(int(mask.sum()) if mask is not None else int(out["input_ids"].numel()))
-        return out
-
-    trainer.data_collator = collate
+    counted = count_batch_tokens(trainer)
     trainer.train()
     total = time.perf_counter() - began
     # the reference pass runs the collator too, before the first step: the steps' batches

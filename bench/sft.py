@@ -18,7 +18,8 @@ import argparse
 import json
 import statistics
 
-from common import PEER_ENV, as_lmtune_command, best_precision, peak_rss_mb, step_clock
+from common import (PEER_ENV, as_lmtune_command, best_precision, count_batch_tokens,
+                    peak_rss_mb, step_clock)
 from common import spawn as common_spawn
 
 LR, MAX_LENGTH, WARMUP_STEPS = 5e-4, 512, 2
@@ -88,15 +89,7 @@ def run_trl(steps: int, rows: int, extra: list[str] = ()) -> dict:
     clock = step_clock()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora, callbacks=[clock])
-    counted: list[int] = []
-    collator = trainer.data_collator
-
-    def collate(features):
-        batch = collator(features)
-        counted.append(int(batch["input_ids"].numel()))  # padding-free: every token is real
-        return batch
-
-    trainer.data_collator = collate
+    counted = count_batch_tokens(trainer)
     trainer.train()
     return {"tokens_per_s": steady(clock.times, counted[:len(clock.times)]),
             "peak_rss_mb": peak_rss_mb()}
