@@ -1,7 +1,6 @@
 """lmtune vs TRL DPOTrainer: LoRA DPO of SmolLM2-135M on Rotten Tomatoes preference pairs,
 side by side.
 
-    .venv/bin/pip install trl==1.16.0                  # the peer (not an lmtune dependency)
     .venv/bin/python bench/dpo.py            # 3 rounds, 12 steps of 8 pairs
     .venv/bin/python bench/dpo.py --quick    # 2 rounds, 6 steps of 4 pairs
 

@@ -1,6 +1,5 @@
 """lmtune vs TRL SFTTrainer: LoRA instruction tuning of SmolLM2-135M on aclsum, side by side.
 
-    .venv/bin/pip install trl==1.16.0                  # the peer (not an lmtune dependency)
     .venv/bin/python bench/sft.py            # 3 rounds, 10 steps of 4 packed 512-token rows
     .venv/bin/python bench/sft.py --quick    # 2 rounds, 6 steps of 2 rows (under 5 min)
 

@@ -1,4 +1,4 @@
-"""`lmtune train | resume | eval | predict | generate | export`: a thin dispatcher.
+"""`lmtune train | resume | check | eval | predict | generate | export`: a thin dispatcher.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
 """
@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--nproc", type=int, default=0, metavar="N", help="processes (default: as "
                    "many as wrote the checkpoint; torchrun is started for more than one)")
+
+    c = sub.add_parser("check", help="check the training data for leaks, duplicates, label "
+                       "conflicts, truncation, secrets and personal data", formatter_class=fmt,
+                       description="Check the data `lmtune train` would use with the same "
+                       "config. Examples:\n  lmtune check\n  lmtune check configs/lora.yaml "
+                       "--strict --json findings.json")
+    c.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]",
+                   help="the config `lmtune train` would take")
+    c.add_argument("--strict", action="store_true", help="exit 1 when rows leak between "
+                   "splits, a text has two labels, or a secret is found")
+    c.add_argument("--json", dest="json_path", help="write every finding to this file")
+    c.add_argument("--no-tokens", action="store_true", help="skip token lengths (no "
+                   "tokenizer is loaded)")
 
     add_model_commands(sub, fmt)
     return parser
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_process()  # before any matmul: oneDNN reads its settings once
     try:
-        return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval,
+        return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "check": cmd_check,
                 "generate": cmd_generate, "predict": cmd_predict,
                 "export": cmd_export}[args.command](args)
     except LmtuneError as e:
@@ -140,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_train(args) -> int:
+def config_of(args):
+    """The config from `[CONFIG.yaml] [key=value ...]`."""
     from lmtune.config import load_config
-    from lmtune.train import train
 
     items = list(args.args)
     path = None
@@ -152,7 +165,29 @@ def cmd_train(args) -> int:
     if bad:
         raise LmtuneError(f"command line: expected key=value, got {bad[0]!r} (only the first "
                           "argument may be a config file)")
-    cfg = load_config(path, items)  # a bad config stops here, before any process starts
+    return load_config(path, items)
+
+
+def cmd_check(args) -> int:
+    from lmtune.check import format_findings, run_check, strict_problems
+    from lmtune.rundir import atomic_write_json
+
+    cfg = config_of(args)
+    findings = run_check(cfg, tokens=not args.no_tokens)
+    print(format_findings(findings, cfg.train.max_length))
+    if args.json_path:
+        atomic_write_json(Path(args.json_path), findings)
+        print(f"wrote {args.json_path}")
+    problems = strict_problems(findings)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 1 if args.strict and problems else 0
+
+
+def cmd_train(args) -> int:
+    from lmtune.train import train
+
+    cfg = config_of(args)  # a bad config stops here, before any process starts
     if args.nproc > 1:
         if cfg.train.distributed == "deepspeed":
             from lmtune.distributed.zero import require

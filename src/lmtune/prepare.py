@@ -17,6 +17,7 @@ import torch
 
 from lmtune import checkpoint, rundir, runtime
 from lmtune.config import Config
+from lmtune.data.checks import check_splits, leaks_or_conflicts
 from lmtune.data.collate import Encoded
 from lmtune.data.readers import Table
 from lmtune.distributed import Strategy, make_strategy
@@ -84,6 +85,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
     task, method = get_task(cfg.task).for_run(cfg), get_method(cfg.method)
     # Everything that can fail on user input happens before the run dir is touched.
     raw = task.read(cfg, train_table)
+    data_warnings = leaks_or_conflicts(check_splits(task.check_rows(raw), cheap=True))
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     fit_positions(cfg, model_path)
     out = rundir.check_run_dir(cfg)
@@ -122,6 +124,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
     if strategy.is_main:
         if report is not None:
             print("data: " + "\n      ".join(report.lines()), file=sys.stderr)
+        for line in data_warnings:  # the run goes on; `lmtune check` shows more
+            print(f"warning: {line}; see `lmtune check`", file=sys.stderr)
         if resumed is None:
             out = rundir.start_run_dir(cfg)
         else:

@@ -9,7 +9,7 @@ import difflib
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmtune.config import DataConfig
@@ -26,6 +26,7 @@ class LabeledSet:
     source: str
     texts: list[str]
     labels: list[str]
+    where: list[str] = field(default_factory=list)  # each row's file:line, where known
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -117,7 +118,7 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
             raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}")
         texts.append(text)
         labels.append(label)
-    return LabeledSet(table.source, texts, labels)
+    return LabeledSet(table.source, texts, labels, [table.loc(i) for i in range(len(texts))])
 
 
 def label_name(value: Any) -> str | None:
@@ -185,6 +186,7 @@ def stratified_split(part: LabeledSet, fractions: dict[str, float],
     def subset(idx: list[int], name: str) -> LabeledSet:
         idx = sorted(idx)
         return LabeledSet(f"{part.source}[{name}]", [part.texts[i] for i in idx],
-                          [part.labels[i] for i in idx])
+                          [part.labels[i] for i in idx],
+                          [part.where[i] for i in idx] if part.where else [])
 
     return subset(rest, "train"), {name: subset(idx, name) for name, idx in chosen.items()}

@@ -96,6 +96,15 @@ class Task:
 
         return load_lm_splits(cfg, self.conversations, train_table, test_only)
 
+    def check_rows(self, raw) -> dict:
+        """The raw splits as `data.checks` reads them ({split: Rows}): by default each item
+        (a text, a conversation, a preference pair) joined into one text, with its
+        file:line."""
+        from lmtune.data.checks import Rows, item_text
+
+        return {name: Rows([item_text(x) for x in items], raw.where[name])
+                for name, items in raw.items.items()}
+
     def label_names(self, raw) -> list[str] | None:
         return None
 

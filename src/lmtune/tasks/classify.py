@@ -34,6 +34,14 @@ class Classify(Task):
         if cfg.data.format not in ("auto", "text"):
             raise ConfigError("data.format", "task=classify reads a text and a label column")
 
+    def check_rows(self, raw: Splits) -> dict:
+        from lmtune.data.checks import Rows
+
+        parts = {"train": raw.train, "validation": raw.validation, "test": raw.test}
+        return {name: Rows(p.texts, p.where or [f"{p.source} (row {i + 1})"
+                                                for i in range(len(p))], p.labels)
+                for name, p in parts.items() if p is not None}
+
     def metric_for(self, cfg: Config, raw: Splits) -> str:
         """auto: macro-F1 when the training classes are imbalanced (accuracy would reward
         predicting the largest class), else accuracy."""
