@@ -229,6 +229,24 @@ class DpoConfig:
 
 
 @dataclass
+class TrackConfig:
+    tensorboard: bool = opt(False, "also write TensorBoard event files to RUN/tensorboard "
+                            "(extra: tensorboard)")
+    mlflow: bool = opt(False, "also log params, metrics and the model dir to MLflow "
+                       "(extra: mlflow)")
+    mlflow_uri: str = opt("", "MLflow tracking URI (empty: a SQLite store, RUN/mlflow.db)")
+    experiment: str = opt("lmtune", "MLflow experiment name")
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        for key, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
+            if getattr(self, key) and importlib.util.find_spec(package) is None:
+                raise ConfigError(key, f"needs the {package} package: pip install "
+                                  f"'lmtune[{package}]'")
+
+
+@dataclass
 class FreezeConfig:
     layers: int = opt(2, "method=freeze: train the head plus this many top layers")
 
@@ -304,6 +322,7 @@ class Config:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self) -> None:
         # The registries import this module; they are read here, once they exist.

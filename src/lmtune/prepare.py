@@ -28,7 +28,7 @@ from lmtune.models.load import (attention_impl, load_model_config, load_pretrain
 from lmtune.models.params import hold_frozen_linears_in_bf16, set_dropout
 from lmtune.optim import build_optimizer, build_scheduler
 from lmtune.tasks import EvalSettings, Task, get_task
-from lmtune.track import JsonlLogger, Logger, NullLogger, Tee
+from lmtune.track import JsonlLogger, Logger, NullLogger, Tee, trackers
 
 
 @dataclass
@@ -132,9 +132,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
             rundir.rewind_metrics(out / "metrics.jsonl", resumed.progress["step"])
         if report is not None:
             rundir.atomic_write_json(out / "data_report.json", vars(report))
-        log = JsonlLogger(out / "metrics.jsonl")
-        if logger is not None:
-            log = Tee(log, logger)
+        log = Tee(JsonlLogger(out / "metrics.jsonl"),
+                  *trackers(cfg.track, out, cfg.to_dict()), *([logger] if logger else []))
     return Setup(cfg, task, task.label_names(raw), tokenizer, model, optimizer, scheduler,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
                  vars(report) if report is not None else None, task.prompts(raw, cfg), hooks,
