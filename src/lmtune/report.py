@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import platform
 from pathlib import Path
 
 from lmtune.errors import LmtuneError
@@ -166,20 +165,15 @@ def section_run(run: dict) -> str:
     return out
 
 
-def environment() -> str:
-    import importlib.metadata as md
-
-    versions = []
-    for pkg in ("lmtune", "torch", "transformers", "peft", "accelerate"):
-        try:
-            versions.append([pkg, md.version(pkg)])
-        except md.PackageNotFoundError:
-            pass
-    return "<h2>Environment</h2>" + table(
-        ["", "version"], [["python", platform.python_version()],
-                          ["machine", f"{platform.machine()} {platform.processor()}"],
-                          *versions]) + \
-        "<p class='muted'>the environment that wrote this report</p>"
+def environment(runs: list[dict]) -> str:
+    """Each run's versions and hardware, as its summary.json recorded them."""
+    envs = [(r["name"], (r["summary"] or {}).get("environment") or {}) for r in runs]
+    keys = list(dict.fromkeys(k for _, e in envs for k in e))
+    if not keys:
+        return ""
+    return "<h2>Environment</h2>" + table(["", *[n for n, _ in envs]],
+                                          [[k, *[e.get(k, "-") for _, e in envs]]
+                                           for k in keys])
 
 
 def build_report(paths: list[Path]) -> str:
@@ -191,7 +185,7 @@ def build_report(paths: list[Path]) -> str:
     runs = [read_run(Path(p)) for p in paths]
     title = "lmtune report: " + ", ".join(r["name"] for r in runs)
     body = (f"<h1>{html.escape(title)}</h1>" + section_curves(runs) + section_results(runs)
-            + "".join(section_run(r) for r in runs) + environment())
+            + "".join(section_run(r) for r in runs) + environment(runs))
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}" \
            f"</title><style>{CSS}</style></head><body>{body}</body></html>"
 

@@ -159,3 +159,26 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def environment() -> dict:
+    """What ran a run: library versions and the hardware (summary.json, reports)."""
+    import importlib.metadata as md
+    import platform
+
+    versions = {}
+    for pkg in ("lmtune", "torch", "transformers", "peft", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": platform.python_version(), **versions, "cpu": cpu,
+            "cores": os.cpu_count(), "bf16": cpu_has_bf16(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

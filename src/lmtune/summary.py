@@ -1,6 +1,7 @@
 """What a finished run says about itself: summary.json and the table printed at the end."""
 from __future__ import annotations
 
+from lmtune import runtime
 from lmtune.models.params import count_parameters
 
 
@@ -22,7 +23,7 @@ def summary_json(s, r) -> dict:
             "best": {"step": r.best.get("step"), "metric": s.metric,
                      "value": r.best.get(s.metric)},
             "test": headline(s, r.test) if r.test is not None else None,
-            "peak_memory_mb": r.peak_memory_mb}
+            "peak_memory_mb": r.peak_memory_mb, "environment": runtime.environment()}
 
 
 def summary(s, r, model) -> str:

@@ -34,7 +34,7 @@ def test_a_report_holds_curves_results_data_and_config(runs):
     assert page.count("<svg") >= 5  # loss, lr, throughput, validation loss, accuracy + matrix
     assert "clf: confusion matrix" in page and "clf (base): confusion matrix" in page
     assert "Test results" in page and "per class" in page and "(base)" in page
-    assert "config.yaml" in page and "trainable_params" in page
+    assert "config.yaml" in page and "trainable_params" in page and "Environment" in page
     assert not re.search(r"(src|href)=['\"]?https?:", page)  # nothing to fetch
     test = json.loads((clf / "eval.json").read_text())["test"]
     assert f"{test['accuracy']:.4f}" in page
@@ -59,16 +59,19 @@ def test_chromium_renders_the_report_without_errors(runs, tmp_path):
         pytest.skip("headless Chromium is not installed (make setup installs it as root)")
     from PIL import Image
 
-    clf, _ = runs
-    assert main(["report", str(clf)]) == 0
-    shot = tmp_path / "report.png"
-    proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--enable-logging=stderr", "--v=0", "--window-size=1200,1600",
-         f"--screenshot={shot}", (clf / "report.html").resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert shot.exists(), proc.stderr[-2000:]
-    assert "CONSOLE" not in proc.stderr and "Uncaught" not in proc.stderr, proc.stderr
-    img = Image.open(shot).convert("L")
-    dark = sum(1 for p in img.getdata() if p < 128) / (img.width * img.height)
-    assert 0.005 < dark < 0.5  # text and lines drawn, not a blank or black page
+    clf, sft = runs
+    both = tmp_path / "both.html"
+    assert main(["report", str(clf)]) == 0 and main(["report", str(sft)]) == 0
+    assert main(["report", str(clf), str(sft), "--output", str(both)]) == 0
+    for page in (clf / "report.html", sft / "report.html", both):
+        shot = tmp_path / f"{page.parent.name}-{page.stem}.png"
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--enable-logging=stderr", "--v=0", "--window-size=1200,1600",
+             f"--screenshot={shot}", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+        assert shot.exists(), proc.stderr[-2000:]
+        assert "CONSOLE" not in proc.stderr and "Uncaught" not in proc.stderr, proc.stderr
+        img = Image.open(shot).convert("L")
+        dark = sum(1 for p in img.getdata() if p < 128) / (img.width * img.height)
+        assert 0.005 < dark < 0.5, page  # text and lines drawn: not blank, not black

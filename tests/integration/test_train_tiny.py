@@ -215,6 +215,8 @@ def test_summary_json_says_what_the_run_did(tiny_overrides, tmp_path):
     assert summary["samples_per_second"] == result.samples_per_second > 0
     assert summary["peak_memory_mb"] == result.peak_memory_mb > 50
     assert summary["distributed"] == "ddp" and summary["processes"] == 1
+    env = summary["environment"]
+    assert env["torch"] == torch.__version__ and env["cores"] >= 1 and env["cpu"]
 
 
 def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny_overrides):
