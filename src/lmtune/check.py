@@ -19,33 +19,36 @@ def run_check(cfg: Config, tokens: bool = True) -> dict:
     raw = task.read(cfg)
     findings = check_splits(task.check_rows(raw))
     if tokens:
-        findings["truncated_share"], findings["tokens"] = token_lengths(cfg, task, raw)
+        findings["truncated_share"], findings["tokens"], findings["trained_cut_share"] = \
+            token_lengths(cfg, task, raw)
     findings["seconds"] = round(time.perf_counter() - began, 3)
     return findings
 
 
-def token_lengths(cfg: Config, task, raw) -> tuple[dict, dict]:
+def token_lengths(cfg: Config, task, raw) -> tuple[dict, dict, dict]:
     """Per split: the share of rows cut at `train.max_length` (from the task's data report,
-    or, where a task keeps none, from the untruncated token counts), and token-length
-    figures of the encoded rows (after any cut)."""
+    or, where a task keeps none, from the untruncated token counts), token-length figures
+    of the encoded rows (after any cut), and, for tasks that train on answers (sft, dpo),
+    the share whose cut took trained tokens."""
     from lmtune.models.load import load_model_config, load_tokenizer, resolve_model
 
     path = resolve_model(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code)
     model_config = load_model_config(path, cfg.trust_remote_code)
-    truncated, lengths = {}, {}
+    truncated, lengths, answers = {}, {}, {}
     if not hasattr(raw, "items"):  # a classifier's texts: their tokens, uncut
         for name, rows in task.check_rows(raw).items():
             counts = [len(ids) for ids in tokenizer(rows.texts)["input_ids"]]
             truncated[name] = sum(n > cfg.train.max_length for n in counts) / max(1, len(counts))
             lengths[name] = _figures(counts)
-        return truncated, lengths
+        return truncated, lengths, answers
     for name, items in raw.items.items():
         enc, report = task.encode_split(cfg, tokenizer, items, raw.where[name], model_config,
                                         train=False)
         truncated[name] = report.truncated / max(1, report.samples)
+        answers[name] = report.trained_cut / max(1, report.samples)
         lengths[name] = _figures(enc.lengths())
-    return truncated, lengths
+    return truncated, lengths, answers
 
 
 def _figures(counts: list[int]) -> dict:
@@ -79,8 +82,10 @@ def format_findings(f: dict, max_length: int) -> str:
                 f"{k} {v / total:.0%}" for k, v in counts.items()))
     for name, share in f.get("truncated_share", {}).items():
         t = f["tokens"][name]
+        cut = f["trained_cut_share"].get(name)
         lines.append(f"tokens in {name}: mean {t['mean']}, p95 {t['p95']}, max {t['max']}; "
-                     f"{share:.1%} cut at train.max_length={max_length}")
+                     f"{share:.1%} cut at train.max_length={max_length}"
+                     + (f", {cut:.1%} losing trained tokens" if cut is not None else ""))
     for key, title in (("near_empty", "near-empty rows"), ("garbled", "garbled text"),
                        ("very_long", "very long rows")):
         for name, g in f[key].items():

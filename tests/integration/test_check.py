@@ -97,3 +97,16 @@ def test_check_reads_chat_and_preference_data(tmp_path, tiny_llama, chat_jsonl, 
         repeats = sum(d["exact"]["count"] for d in f["duplicates"].values()) + sum(
             o["count"] for o in f["train_test_overlap"].values())
         assert repeats == 5
+
+
+def test_the_share_of_answers_cut_follows_the_truncation_rule(tmp_path, tiny_llama, chat_jsonl):
+    share = {}
+    for rule in ("end", "prompt_middle"):
+        out = tmp_path / f"{rule}.json"
+        assert main(["check", "task=sft", f"model={tiny_llama}", f"data.train={chat_jsonl}",
+                     "train.max_length=32", f"data.truncation={rule}", "--json",
+                     str(out)]) == 0
+        f = json.loads(out.read_text())
+        share[rule] = f["trained_cut_share"]["train"]
+        assert f["truncated_share"]["train"] > 0.3  # the same rows are cut either way
+    assert share["end"] > 0.3 and share["prompt_middle"] < share["end"] / 2

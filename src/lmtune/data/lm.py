@@ -133,6 +133,7 @@ class Report:
     trained_tokens: int = 0
     role_tokens: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    trained_cut: int = 0  # samples whose cut took trained tokens (answers) too
     unlearnable: int = 0
     dropped: int = 0
     padding_unpacked: float = 0.0
@@ -172,6 +173,7 @@ def encode_lm(items: list, where: list[str], cfg: Config, train: bool,
             report.samples += 1
             report.tokens += len(t.input_ids)
             report.truncated += t.truncated
+            report.trained_cut += t.trained_cut
             for role, n in t.role_tokens.items():
                 report.role_tokens[role] = report.role_tokens.get(role, 0) + n
             if not any(t.trained[1:] if causal else t.trained):

@@ -186,12 +186,13 @@ def encode_pairs(items: list[Pair], where: list[str], cfg: Config, tokenizer, tr
             same += 1
             continue
         p_text, c_text = completion_text(tokenizer, pair.prompt, pair.chosen)
-        p, c, r, truncated = fit_pair(ids(p_text), ids(c_text),
-                                      ids(completion_text(tokenizer, pair.prompt,
-                                                          pair.rejected)[1]),
-                                      max_length, cfg.data.truncation)
+        r_ids = ids(completion_text(tokenizer, pair.prompt, pair.rejected)[1])
+        n_rejected = len(r_ids)
+        p, c, r, truncated = fit_pair(ids(p_text), ids(c_text), r_ids, max_length,
+                                      cfg.data.truncation)
         report.samples += 1
         report.truncated += truncated
+        report.trained_cut += len(c) + len(r) < len(ids(c_text)) + n_rejected
         if not c or not r:
             report.unlearnable += 1
             if train and not cfg.data.drop_unlearnable:

@@ -30,6 +30,7 @@ class Tokenized:
     trained: list[bool]
     role_tokens: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
+    trained_cut: bool = False  # the cut took trained tokens (part of an answer) too
 
 
 def render(tokenizer, messages: Conversation, generation_prompt: bool = False) -> str:
@@ -97,9 +98,11 @@ def tokenize_conversation(tokenizer, conv: Conversation, train_on: str,
         trained.append(train)
         roles[role] = roles.get(role, 0) + 1
     truncated = len(ids) > max_length
+    before = sum(trained)
     if truncated and truncation == "prompt_middle":
         ids, trained = cut_prompt_middle(ids, trained, max_length)
-    return Tokenized(ids[:max_length], trained[:max_length], roles, truncated)
+    ids, trained = ids[:max_length], trained[:max_length]
+    return Tokenized(ids, trained, roles, truncated, sum(trained) < before)
 
 
 def cut_prompt_middle(ids: list[int], trained: list[bool], max_length: int
