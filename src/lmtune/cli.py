@@ -270,6 +270,9 @@ def cmd_eval(args) -> int:
     out = Path(args.json_path) if args.json_path else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, result)
     print(f"\nwrote {out}")
+    generated = [r for r in rows if "text" in r]
+    if generated and not args.json_path:  # beside eval.json, for `lmtune report`
+        write_jsonl(Path(args.run_dir) / "eval_samples.jsonl", generated)
     if args.output:
         write_jsonl(Path(args.output), rows)
         print(f"wrote {len(rows)} predictions to {args.output}")

@@ -17,11 +17,12 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100p
        color: #1d1d1f; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .5em 0; }
-td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: right;
+         vertical-align: top; max-width: 420px; }
 th { background: #f5f5f7; } td:first-child, th:first-child { text-align: left; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; } .figs svg { max-width: 520px; height: auto; }
 pre { background: #f5f5f7; padding: .8em; overflow-x: auto; font-size: 12px; }
-.muted { color: #6e6e73; }
+.muted { color: #6e6e73; } td.t { text-align: left; white-space: pre-wrap; }
 """
 
 
@@ -34,9 +35,11 @@ def read_run(path: Path) -> dict:
     read = lambda name: json.loads((path / name).read_text()) \
         if (path / name).is_file() else None  # noqa: E731
     config = (path / "config.yaml").read_text() if (path / "config.yaml").is_file() else ""
+    samples = [json.loads(x) for x in (path / "eval_samples.jsonl").read_text().splitlines()
+               if x.strip()] if (path / "eval_samples.jsonl").is_file() else []
     return {"name": path.name, "path": path, "rows": [r for r in rows if "event" not in r],
             "summary": read("summary.json"), "eval": read("eval.json"),
-            "data": read("data_report.json"), "config": config}
+            "data": read("data_report.json"), "config": config, "samples": samples}
 
 
 def series(run: dict, key: str, split: str = "train") -> tuple[list, list]:
@@ -100,12 +103,18 @@ def confusion_figure(test: dict) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    def cell(v) -> str:  # numbers right-aligned, text left
+        if isinstance(v, float):
+            return f"<td>{v:.4f}</td>"
+        return f"<td>{v}</td>" if isinstance(v, int) else \
+            f"<td class='t'>{html.escape(str(v))}</td>"
+
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
+            + "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>"
                       for r in rows) + "</table>")
 
 
+SAMPLES = 8  # generated test rows shown per run
 CURVES = [("loss", "train", "training loss"), ("lr", "train", "learning rate"),
           ("tokens_per_s", "train", "throughput (tokens/s)"),
           ("loss", "validation", "validation loss")]
@@ -156,6 +165,15 @@ def section_run(run: dict) -> str:
                f"(step {s['best']['step']})</p>"
     for w in s.get("warnings", []):
         out += f"<p><b>warning:</b> {html.escape(w)}</p>"
+    if run["samples"]:  # what `lmtune eval` generated, beside the references
+        shown = run["samples"][:SAMPLES]
+        cut = lambda t: t if len(t) <= 400 else t[:400] + "…"  # noqa: E731
+        base = "base_text" in shown[0]
+        out += f"<h3>generated on the test set (first {len(shown)} of " \
+               f"{len(run['samples'])})</h3>" + table(
+                   ["prompt", "reference", "generated", *(["base model"] if base else [])],
+                   [[cut(r.get("prompt", "")), cut(r.get("reference", "")), cut(r["text"]),
+                     *([cut(r.get("base_text", ""))] if base else [])] for r in shown])
     if run["data"]:
         out += "<h3>data report</h3>" + table(
             ["", "value"], [[k, v] for k, v in run["data"].items()

@@ -24,6 +24,7 @@ def runs(tmp_path_factory, tiny_bert, sentiment_csv, tiny_llama, chat_jsonl):
     assert main(["train", "--quiet", "task=sft", f"model={tiny_llama}",
                  f"data.train={chat_jsonl}", "train.max_steps=6", "train.max_length=64",
                  "eval.generate_samples=0", f"output_dir={d / 'sft'}", *common]) == 0
+    assert main(["eval", str(d / "sft"), "generate.max_new_tokens=8"]) == 0
     return d / "clf", d / "sft"
 
 
@@ -39,7 +40,11 @@ def test_a_report_holds_curves_results_data_and_config(runs):
     test = json.loads((clf / "eval.json").read_text())["test"]
     assert f"{test['accuracy']:.4f}" in page
     assert main(["report", str(sft)]) == 0
-    assert "validation loss" in (sft / "report.html").read_text()
+    page = (sft / "report.html").read_text()
+    samples = [json.loads(x) for x in (sft / "eval_samples.jsonl").read_text().splitlines()]
+    assert "validation loss" in page and f"first {min(8, len(samples))} of {len(samples)}" \
+        in page
+    assert samples[0]["reference"] in page  # the reference beside what was generated
 
 
 def test_several_runs_make_one_comparison(runs, tmp_path, capsys):
