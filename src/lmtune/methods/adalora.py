@@ -86,5 +86,5 @@ def check_adalora(cfg, task) -> None:
 
 ADALORA = register(Method(
     "adalora", peft_method(adalora_config), "LoRA whose ranks move to the layers that need "
-    "them", section="lora", mergeable=True, adapter=True, default_lr=7e-3,
+    "them", section="lora", mergeable=True, adapter=True, default_lr=2e-2,
     check=check_adalora, hooks=AdaLora))
