@@ -259,8 +259,9 @@ class EvalConfig:
     metric: str = opt("auto", f"validation metric that picks the best model: "
                       f"{', '.join(METRICS)} (auto: accuracy to classify, else loss)")
     batch_size: int = opt(128, "samples per evaluation batch")
-    max_samples: int = opt(0, "generation metrics in `lmtune eval`: use the first N test "
-                           "rows (0: all)")
+    max_samples: int = opt(0, "validation during training scores a seeded sample of N rows, "
+                           "and `lmtune eval` computes generation metrics on the first N test "
+                           "rows; the test pass itself stays whole (0: all)")
     generate_samples: int = opt(32, "sft/seq2seq: generation metrics (ROUGE, BLEU, chrF) "
                                 "during training on the first N validation rows (0: off; "
                                 "decoding costs far more than the loss)")

@@ -96,6 +96,7 @@ def prepare(cfg: Config, train_table: Table | None = None,
                             method.load_dtype, cfg.quantization, task.head_modules,
                             **task.model_kwargs(raw))
     data, report = task.encode(cfg, tokenizer, raw, model.config)
+    data = sample_validation(data, cfg.eval.max_samples, cfg.seed)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
         model.gradient_checkpointing_enable({"use_reentrant": False})
     if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
@@ -138,6 +139,19 @@ def prepare(cfg: Config, train_table: Table | None = None,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
                  vars(report) if report is not None else None, task.prompts(raw, cfg), hooks,
                  task.metric_for(cfg, raw))
+
+
+def sample_validation(data: dict[str, Encoded], n: int, seed: int) -> dict[str, Encoded]:
+    """With `eval.max_samples`, validation during training scores a seeded sample of n rows
+    (in their order): a large validation set then costs a small share of an epoch. The
+    test split stays whole."""
+    val = data.get("validation")
+    if not n or val is None or len(val) <= n:
+        return data
+    import random
+
+    return data | {"validation": val.rows(sorted(random.Random(seed).sample(range(len(val)),
+                                                                            n)))}
 
 
 def fit_positions(cfg: Config, model_path: str) -> None:

@@ -403,3 +403,14 @@ def test_a_precomputed_reference_is_used_and_no_reference_runs_during_training(
     monkeypatch.setattr(dpo, "reference_view", lambda m: calls.append(1) or real(m))
     finish(s, fit(s, progress=False))
     assert calls == []
+
+
+def test_a_capped_validation_keeps_both_halves_of_each_pair(tiny_llama, pairs_jsonl, tmp_path):
+    s = prepare(load_config(None, args(tiny_llama, pairs_jsonl, tmp_path / "run",
+                                       "eval.max_samples=5")))
+    val = s.data["validation"]
+    assert len(val) == len(val.rejected_ids) == len(val.prompt_lengths) == 5
+    assert val.ref.shape == (5, 2)  # the reference is scored on the sample
+    assert all(list(c[:p]) == list(r[:p]) for c, r, p in
+               zip(val.input_ids, val.rejected_ids, val.prompt_lengths))
+    s.logger.close()

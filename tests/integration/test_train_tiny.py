@@ -347,3 +347,17 @@ def test_a_small_training_set_gets_at_least_min_steps(tiny_overrides, capsys):
     assert "training 100 steps" in capsys.readouterr().err
     cfg = load_config(None, [*tiny_overrides, "train.min_steps=100", "train.max_steps=7"])
     assert count_steps(cfg, 160, 1) == (10, 7)  # max_steps wins
+
+
+def test_eval_max_samples_caps_validation_and_keeps_the_test_split_whole(tiny_overrides):
+    whole = prepare(load_config(None, tiny_overrides))
+    whole.logger.close()
+    capped = prepare(load_config(None, [*tiny_overrides, "eval.max_samples=7",
+                                        "overwrite=true"]))
+    assert len(whole.data["validation"]) > 7 and len(capped.data["validation"]) == 7
+    assert len(capped.data["test"]) == len(whole.data["test"])
+    rows = {tuple(x) for x in whole.data["validation"].input_ids}
+    picked = capped.data["validation"]
+    assert {tuple(x) for x in picked.input_ids} <= rows  # a sample of the same rows
+    assert len(picked.labels) == 7
+    capped.logger.close()

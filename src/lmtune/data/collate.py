@@ -56,6 +56,17 @@ class Encoded:
     def count_units(self, idx: list[int]) -> int:
         return len(idx) if self.units is None else sum(self.units[i] for i in idx)
 
+    # the fields that hold one entry per row (a subclass adds its own)
+    ROWS = ("input_ids", "labels", "trained", "targets", "segments", "units", "decoder_ids")
+
+    def rows(self, idx: list[int]) -> Encoded:
+        """A copy holding only the rows `idx`, in that order."""
+        import dataclasses
+
+        picked = {name: [getattr(self, name)[i] for i in idx] for name in self.ROWS
+                  if getattr(self, name) is not None}
+        return dataclasses.replace(self, **picked)
+
 
 def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | None = None,
            chunk: int = 256) -> Encoded:

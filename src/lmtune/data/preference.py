@@ -135,8 +135,9 @@ class PairEncoded(Encoded):
 
     rejected_ids: list[np.ndarray] | None = None
     prompt_lengths: list[int] | None = None
-    ref: object | None = None  # torch.Tensor [N, 2] float32
+    ref: object | None = None  # torch.Tensor [N, 2] float32, computed after any `rows`
     pack_to: int = 0
+    ROWS = (*Encoded.ROWS, "rejected_ids", "prompt_lengths")
 
     def lengths(self) -> list[int]:
         return [len(c) + len(r) for c, r in zip(self.input_ids, self.rejected_ids)]
