@@ -69,12 +69,7 @@ def figure(runs: list[dict], key: str, split: str, title: str) -> str:
     ax.tick_params(labelsize=8)
     if len(runs) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg")
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg"):]  # inline: no XML prolog
+    return inline_svg(fig)
 
 
 def confusion_figure(test: dict) -> str:
@@ -95,11 +90,19 @@ def confusion_figure(test: dict) -> str:
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
                     color="white" if v > top / 2 else "black")
+    return inline_svg(fig)
+
+
+def inline_svg(fig) -> str:
+    """The figure as an `<svg>` element for the page (no XML prolog), closed after."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     plt.close(fig)
-    return buf.getvalue()[buf.getvalue().index("<svg"):]
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
 
 
 def table(header: list[str], rows: list[list]) -> str:

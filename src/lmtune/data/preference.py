@@ -249,7 +249,9 @@ def _pack_rows(data: PairEncoded, idx: list[int]) -> tuple[list[list[int]], int]
     (the narrowest of equals: attention costs the square of the width)."""
     lengths = [len(ids) for ids, _ in _sequences(data, idx)]
     best = [[k] for k in range(len(lengths))], padded(max(lengths))
-    for width in range(best[1] + PAD_MULTIPLE, data.pack_to + 1, PAD_MULTIPLE):
+    # Past the batch's total, a wider row only adds padding: one row already holds it all.
+    widest = min(data.pack_to, padded(sum(lengths)))
+    for width in range(best[1] + PAD_MULTIPLE, widest + 1, PAD_MULTIPLE):
         rows = best_fit(lengths, width)
         fill = padded(max(sum(lengths[k] for k in r) for r in rows))
         if len(rows) * fill < len(best[0]) * best[1]:

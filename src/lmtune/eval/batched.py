@@ -231,8 +231,9 @@ def evaluate_pairs(model, data: Encoded, task, how) -> dict:
         if not idx:  # a repeat that keeps collectives in step
             continue
         pc, pr = (policy if ref is None else policy - ref.float()).chunk(2)
-        if ref is None:
-            pc, pr = pc / tokens.chunk(2)[0], pr / tokens.chunk(2)[1]
+        if ref is None:  # per-token means: the base model's own comparison
+            nc, nr = tokens.chunk(2)
+            pc, pr = pc / nc, pr / nr
         row = [len(idx), 0.0, 0.0, 0.0, 0.0, 0.0, (pc > pr).sum().item()]
         if has_loss:
             losses, chosen, rejected = task.pair_losses(policy, ref, tokens)
