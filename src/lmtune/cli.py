@@ -355,12 +355,22 @@ def cmd_predict(args) -> int:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
     else:
-        w = max(len("label"), *(len(n) for n in clf.label_names))
-        print(f"{'label':<{w}}  score   text")
-        for r in rows:
-            text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
-            print(f"{r['label']:<{w}}  {r['score']:.4f}  {text}")
+        print_predictions(rows, clf.label_names)
     return 0
+
+
+def print_predictions(rows: list[dict], names: list[str]) -> None:
+    """label, score and text per row (multi-label: the labels over their thresholds)."""
+    multi = bool(rows) and "labels" in rows[0]
+    w = max(len("label"), *(len(n) for n in names)) if not multi else \
+        max(len("labels"), *(len(",".join(r["labels"]) or "(none)") for r in rows))
+    print(f"{'labels' if multi else 'label':<{w}}  " + ("text" if multi else "score   text"))
+    for r in rows:
+        text = r["text"] if len(r["text"]) <= 70 else r["text"][:67] + "..."
+        if multi:
+            print(f"{','.join(r['labels']) or '(none)':<{w}}  {text}")
+        else:
+            print(f"{r['label']:<{w}}  {r['score']:.4f}  {text}")
 
 
 def cmd_export(args) -> int:

@@ -26,7 +26,7 @@ TRAIN_ON = ("assistant", "last_assistant", "all")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
-METRICS = ("auto", "accuracy", "macro_f1", "loss", "rewards/accuracies", *GENERATION_METRICS)
+METRICS = ("auto", "accuracy", "macro_f1", "micro_f1", "subset_accuracy", "loss", "rewards/accuracies", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 QUANTIZE = ("none", "int8", "nf4")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
@@ -48,20 +48,32 @@ def _choice(key: str, value, allowed: tuple) -> None:
         raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
-def parse_class_weights(text: str) -> dict[str, float]:
-    """'fresh=1,rotten=2.5' → {"fresh": 1.0, "rotten": 2.5}."""
+def parse_label_values(key: str, text: str, high: float = float("inf")) -> dict[str, float]:
+    """'fresh=1,rotten=2.5' → {"fresh": 1.0, "rotten": 2.5}; each value in (0, high)."""
     out = {}
     for part in text.split(","):
-        label, sep, weight = part.strip().rpartition("=")
+        label, sep, number = part.strip().rpartition("=")
         try:
-            value = float(weight)
+            value = float(number)
         except ValueError:
             value = -1.0
-        if not sep or not label or value <= 0:
-            raise ConfigError("class_weights", f"must be auto, none or 'label=weight,...' "
-                              f"with weights > 0; got {text!r}")
+        if not sep or not label or not 0 < value < high:
+            bound = f"in (0, {high:g})" if high < float("inf") else "> 0"
+            raise ConfigError(key, f"must be 'label=value,...' with values {bound}; got "
+                              f"{text!r}")
         out[label] = value
     return out
+
+
+def parse_thresholds(text: str) -> dict[str, float] | float:
+    """eval.thresholds other than tune: one number (every label), or per label."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_label_values("thresholds", text, high=1.0)
+    if not 0 < value < 1:
+        raise ConfigError("thresholds", f"must be in (0, 1), 'label=t,...' or tune; got {text!r}")
+    return value
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -73,7 +85,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 class DataConfig:
     train: str = opt("rotten_tomatoes", "training data: CSV/TSV/JSONL/Parquet file, saved HF "
                      "datasets dir, or built-in name (rotten_tomatoes, "
-                     "rotten_tomatoes_pairs, aclsum, bible_en_es)")
+                     "rotten_tomatoes_pairs, aclsum, aclsum_highlights, bible_en_es)")
     validation: str | None = opt(None, "validation data; split from train when unset")
     test: str | None = opt(None, "test data; split from train when only train is given")
     text_column: str = opt("text", "column holding the input text")
@@ -96,6 +108,9 @@ class DataConfig:
     truncation: str = opt("prompt_middle", "sft: how a conversation longer than "
                           "train.max_length is cut: prompt_middle (drop the middle of the "
                           "prompt before the first trained turn, so the answer stays) or end")
+    multi_label: bool = opt(False, "classify: each row has any number of labels (a JSON "
+                            "list, or names joined by data.label_separator); sigmoid per label")
+    label_separator: str = opt(",", "multi_label: what joins label names in a CSV/TSV cell")
     max_samples: int = opt(0, "use only the first N rows of each split (0: all)")
     mlm_probability: float = opt(0.15, "mlm: share of tokens masked")
 
@@ -108,6 +123,8 @@ class DataConfig:
         _choice("format", self.format, FORMATS)
         _choice("train_on", self.train_on, TRAIN_ON)
         _positive("max_samples", self.max_samples, allow_zero=True)
+        if not self.label_separator.strip():
+            raise ConfigError("label_separator", "must not be empty or blank")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError("mlm_probability", f"must be in (0, 1); got "
                               f"{self.mlm_probability}")
@@ -167,7 +184,7 @@ class TrainConfig:
         if self.lr is not None:
             _positive("lr", self.lr)
         if self.class_weights not in ("auto", "none"):
-            parse_class_weights(self.class_weights)
+            parse_label_values("class_weights", self.class_weights)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("distributed", self.distributed, DISTRIBUTED)
@@ -257,7 +274,8 @@ class FreezeConfig:
 @dataclass
 class EvalConfig:
     metric: str = opt("auto", f"validation metric that picks the best model: "
-                      f"{', '.join(METRICS)} (auto: accuracy to classify, else loss)")
+                      f"{', '.join(METRICS)} (auto: to classify, macro_f1 when the classes "
+                      "are imbalanced, else accuracy (multi-label: micro_f1); else loss)")
     batch_size: int = opt(128, "samples per evaluation batch")
     max_samples: int = opt(0, "validation during training scores a seeded sample of N rows, "
                            "and `lmtune eval` computes generation metrics on the first N test "
@@ -265,9 +283,14 @@ class EvalConfig:
     generate_samples: int = opt(32, "sft/seq2seq: generation metrics (ROUGE, BLEU, chrF) "
                                 "during training on the first N validation rows (0: off; "
                                 "decoding costs far more than the loss)")
+    thresholds: str = opt("0.5", "data.multi_label: the score over which a label is "
+                          "predicted: one number, 'label=t,...' (unnamed: 0.5), or tune "
+                          "(each label's best F1 on the validation split, after training)")
 
     def __post_init__(self) -> None:
         _choice("metric", self.metric, METRICS)
+        if self.thresholds != "tune":
+            parse_thresholds(self.thresholds)
         _positive("batch_size", self.batch_size)
         _positive("max_samples", self.max_samples, allow_zero=True)
         _positive("generate_samples", self.generate_samples, allow_zero=True)
@@ -334,7 +357,7 @@ class Config:
         if not self.train.max_length:  # the task's own; capped at the model's positions
             self.train.max_length = TASKS[self.task].max_length
             self.train.length_from_task = True  # not a config key: see fit_positions
-        TASKS[self.task].check(self)
+        TASKS[self.task].for_run(self).check(self)
         _choice("method", self.method, tuple(METHODS))
         _choice("quantize", self.quantize, QUANTIZE)
         if self.quantize != "none" and not METHODS[self.method].adapter:

@@ -152,7 +152,9 @@ class SavedRun:
         """The run's task object; a bare model's comes from its architecture name."""
         from lmtune.tasks import get_task, task_of_model
 
-        return get_task(self.config.task) if self.config else task_of_model(self.model_dir)
+        if self.config is None:
+            return task_of_model(self.model_dir)
+        return get_task(self.config.task).for_run(self.config)
 
     @property
     def mergeable(self) -> bool:

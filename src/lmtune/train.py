@@ -346,6 +346,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
     if state.best_weights is not None and state.best["step"] != state.step:
         strategy.load_trainable(state.best_weights)
     state.best_weights = None
+    s.task.after_training(s.model, s.data, s.eval_settings())
     test = None
     if "test" in s.data:
         test = evaluate_split(s, "test")

@@ -44,10 +44,13 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def parse_scalar(text: str) -> Any:
+    """A command-line value as YAML reads it; as typed where YAML reads nothing from it
+    (`|` and `>` start block scalars: `data.label_separator=|` means the character)."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
+    return text if value in ("", None) and text.strip() not in ("", "null", "~") else value
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

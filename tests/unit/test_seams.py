@@ -17,7 +17,10 @@ SRC = Path(__file__).parents[2] / "src" / "lmtune"
 def test_every_task_module_registers_its_tasks():
     modules = {p.stem for p in (SRC / "tasks").glob("*.py")} - {"__init__", "base"}
     registered = {type(t).__module__.rsplit(".", 1)[1] for t in TASKS.values()}
-    assert registered == modules
+    # a variant a registered task binds to for a run's settings
+    multi = TASKS["classify"].for_run(load_config(None, ["data.multi_label=true"]))
+    assert multi.name == "classify" and multi.labels
+    assert registered | {type(multi).__module__.rsplit(".", 1)[1]} == modules
     assert all(isinstance(t, Task) and name == t.name for name, t in TASKS.items())
     with pytest.raises(LmtuneError, match="must be one of classify"):
         get_task("kto")

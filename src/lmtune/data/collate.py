@@ -25,7 +25,7 @@ def padded(n: int, multiple: int = PAD_MULTIPLE) -> int:
 class Encoded:
     """Token ids per row (unpadded) and what the loss reads from them.
 
-    classify: `labels` holds a class id per row.
+    classify: `labels` holds a class id per row (multi-label: a 0/1 per label).
     sft/clm/mlm: `trained` marks the tokens that carry the loss; `targets` (mlm) holds the
     original ids where `input_ids` are masked; `segments` (packed rows) holds the lengths of
     the samples packed into each row.
@@ -36,7 +36,7 @@ class Encoded:
     """
 
     input_ids: list[list[int]] | list[np.ndarray]  # int32 arrays from `encode`
-    labels: list[int] | None = None
+    labels: list[int] | list[list[int]] | None = None
     trained: list[list[bool]] | None = None
     targets: list[list[int]] | None = None
     segments: list[list[int]] | None = None
@@ -138,7 +138,7 @@ def eval_batches(lengths: list[int], batch_size: int, max_tokens: int | None = N
 def collate(data: Encoded, idx: list[int], pad_id: int,
             multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
     """Pad the rows `idx` to their longest, rounded up to a multiple of `multiple`:
-    input_ids/attention_mask [B, T], labels [B].
+    input_ids/attention_mask [B, T], labels [B] (multi-label: 0/1 per label [B, C]).
 
     Rounding keeps the number of distinct shapes small, so oneDNN reuses its kernels instead
     of building new ones for every length.
@@ -152,9 +152,11 @@ def collate(data: Encoded, idx: list[int], pad_id: int,
         attention[b, : len(r)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention}
     if data.labels is not None:
-        batch["labels"] = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
-        if data.class_weights is not None:  # each row's weight in the loss
-            batch["weights"] = torch.tensor(data.class_weights)[batch["labels"]]
+        labels = batch["labels"] = torch.tensor([data.labels[i] for i in idx],
+                                                dtype=torch.long)
+        if data.class_weights is not None:  # each row's weight in the loss; multi-label
+            weights = torch.tensor(data.class_weights)  # rows: each label's on its positives
+            batch["weights"] = weights[labels] if labels.dim() == 1 else weights
     return batch
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmtune.config import DataConfig
 from lmtune.data.builtin import rotten_tomatoes, rotten_tomatoes_pairs
+from lmtune.data.highlights import aclsum_highlights
 from lmtune.data.instructions import aclsum, bible_en_es
 from lmtune.data.readers import Table, read_path
 from lmtune.errors import LmtuneError
@@ -21,11 +22,12 @@ from lmtune.errors import LmtuneError
 
 @dataclass
 class LabeledSet:
-    """Validated texts with their label names, in source order."""
+    """Validated texts with their label names, in source order (multi-label: a tuple of
+    names per row, maybe empty)."""
 
     source: str
     texts: list[str]
-    labels: list[str]
+    labels: list[str] | list[tuple[str, ...]]
     where: list[str] = field(default_factory=list)  # each row's file:line, where known
 
     def __len__(self) -> int:
@@ -45,7 +47,8 @@ class Splits:
 
 
 BUILTINS = {"rotten_tomatoes": rotten_tomatoes, "rotten_tomatoes_pairs": rotten_tomatoes_pairs,
-            "aclsum": aclsum, "bible_en_es": bible_en_es}
+            "aclsum": aclsum, "aclsum_highlights": aclsum_highlights,
+            "bible_en_es": bible_en_es}
 
 
 def read_source(name: str, seed: int, cache_dir: str = "") -> Table | dict[str, Table]:
@@ -80,8 +83,11 @@ def load_splits(data: DataConfig, seed: int,
     sets = {name: labeled(table, data) for name, table in parts.items()
             if name in ("train", "validation", "test")}
     train = sets["train"]
-    names = label_order(set(train.labels))
-    if len(names) < 2:
+    names = label_order(names_of(train.labels))
+    if data.multi_label and not names:
+        raise LmtuneError(f"{train.source}: no row has a label in column "
+                          f"{data.label_column!r}")
+    if len(names) < 2 and not data.multi_label:  # one label may be present or absent
         raise LmtuneError(f"{train.source}: every row has label {names[0]!r}; classification "
                           "needs at least two classes")
     if "validation" not in sets:
@@ -113,9 +119,12 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
             raise LmtuneError(f"{table.loc(i)}: text in column {data.text_column!r} is {kind}")
         if not text.strip():
             raise LmtuneError(f"{table.loc(i)}: empty text in column {data.text_column!r}")
-        label = label_name(row.get(data.label_column))
+        cell = row.get(data.label_column)
+        label = label_set(cell, data.label_separator) if data.multi_label else label_name(cell)
         if label is None:
-            raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}")
+            raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}"
+                              + (f" (a list, or names joined by {data.label_separator!r})"
+                                 if data.multi_label and cell is not None else ""))
         texts.append(text)
         labels.append(label)
     return LabeledSet(table.source, texts, labels, [table.loc(i) for i in range(len(texts))])
@@ -134,6 +143,29 @@ def label_name(value: Any) -> str | None:
     return None
 
 
+def label_set(value: Any, separator: str) -> tuple[str, ...] | None:
+    """A multi-label cell → its label names, sorted and unique; () for an empty list or
+    cell (a row with no label); None for a missing cell or one of another kind.
+
+    ["b", "a"], "b,a" and "a, b" agree (separator ","); numbers are named as in `label_name`.
+    """
+    if isinstance(value, str):
+        value = [] if not value.strip() else value.split(separator)
+    if not isinstance(value, (list, tuple)):
+        return None
+    names = [label_name(x) for x in value]
+    if any(x is None for x in names):
+        return None
+    return tuple(sorted(set(names)))
+
+
+def names_of(labels: list) -> set[str]:
+    """The label names that occur in `labels` (names, or tuples of names: multi-label)."""
+    if labels and isinstance(labels[0], tuple):
+        return {name for row in labels for name in row}
+    return set(labels)
+
+
 def label_order(names: set[str]) -> list[str]:
     """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
     try:
@@ -146,7 +178,9 @@ def check_known_labels(part: LabeledSet, table: Table | None, data: DataConfig,
                         names: list[str]) -> None:
     known = set(names)
     for i, label in enumerate(part.labels):
-        if label not in known:
+        label = next((x for x in label if x not in known), None) if isinstance(label, tuple) \
+            else label
+        if label is not None and label not in known:
             where = table.loc(i) if table is not None else part.source
             raise LmtuneError(f"{where}: label {label!r} in column {data.label_column!r} does "
                               f"not occur in the training data (labels: {', '.join(names)})")
@@ -169,14 +203,18 @@ def stratified_split(part: LabeledSet, fractions: dict[str, float],
     rng = random.Random(seed)
     chosen: dict[str, list[int]] = {name: [] for name in fractions}
     rest: list[int] = []
+    seen = 0  # rows of the classes done so far
     for label in sorted(by_label):
         idx = by_label[label]
         rng.shuffle(idx)
         start = 0
         for name, frac in fractions.items():
-            n = round(len(idx) * frac)
+            # each class gives its share, rounded so that the running total stays on the
+            # whole set's share: many small classes (multi-label combinations) still add up
+            n = round((seen + len(idx)) * frac) - round(seen * frac)
             chosen[name] += idx[start:start + n]
             start += n
+        seen += len(idx)
         rest += idx[start:]
     for name, idx in chosen.items():
         if not idx:

@@ -138,13 +138,14 @@ def evaluate_classifier(model, data: Encoded, label_names: list[str], batch_size
 
 
 def predict_proba(model, data: Encoded, batch_size: int, pad_id: int,
-                  autocast=contextlib.nullcontext) -> torch.Tensor:
-    """Class probabilities [N, C] in the input order."""
+                  autocast=contextlib.nullcontext, multi_label: bool = False) -> torch.Tensor:
+    """Class probabilities [N, C] in the input order (multi-label: each label's sigmoid)."""
     probs: torch.Tensor | None = None
     for idx, logits, _ in forward_batches(model, data, batch_size, pad_id, autocast):
         if probs is None:
             probs = torch.empty(len(data), logits.shape[-1])
-        probs[torch.tensor(idx)] = logits.softmax(-1).cpu()
+        probs[torch.tensor(idx)] = (logits.sigmoid() if multi_label
+                                    else logits.softmax(-1)).cpu()
     assert probs is not None
     return probs
 

@@ -50,6 +50,7 @@ def evaluate_classifier_run(path, cfg: Config, new_test: bool, compare_base: boo
                             progress: bool, predictions: bool) -> tuple[dict, list[dict]]:
     from lmtune.data.load import check_known_labels, labeled, load_splits, read_source
     from lmtune.eval.metrics import classifier_warnings, majority_baseline
+    from lmtune.eval.multilabel import multilabel_warnings
 
     clf = Predictor(path)
     if new_test:  # new data, with its own columns
@@ -63,22 +64,28 @@ def evaluate_classifier_run(path, cfg: Config, new_test: bool, compare_base: boo
             raise LmtuneError(f"{path}: the run has no test split; give data.test=FILE")
     metrics = clf.evaluate(test.texts, test.labels, progress, predictions)
     preds = metrics.pop("predictions", None)
-    train_labels = _training_labels(Path(path))
+    train_labels = None if clf.multi_label else _training_labels(Path(path))
     if train_labels is not None:
         metrics["majority_baseline"] = majority_baseline(train_labels, test.labels)
     metrics["source"] = test.source
     result = {"test": metrics}
-    if compare_base:
-        result["base"] = {"test": evaluate_classifier_base(clf, test.texts, test.labels,
-                                                           progress)}
-    result["warnings"] = classifier_warnings(
-        metrics, metrics.get("majority_baseline"),
-        result["base"]["test"] if compare_base else None)
-    # `label` is the true one, `predicted` the model's, `score` its probability
-    rows = [{"text": t, "label": y, "predicted": p["label"], "score": p["score"],
-             "scores": p["scores"]} for t, y, p in zip(test.texts, test.labels, preds)] \
-        if preds is not None else []
+    base = evaluate_classifier_base(clf, test.texts, test.labels, progress) \
+        if compare_base else None
+    if base is not None:
+        result["base"] = {"test": base}
+    result["warnings"] = multilabel_warnings(metrics, base) if clf.multi_label else \
+        classifier_warnings(metrics, metrics.get("majority_baseline"), base)
+    # `label` is the true one (multi-label: `labels`), `predicted` the model's
+    rows = [{"text": t, **_truth_and_prediction(y, p)}
+            for t, y, p in zip(test.texts, test.labels, preds)] if preds is not None else []
     return result, rows
+
+
+def _truth_and_prediction(truth, p: dict) -> dict:
+    if "labels" in p:  # multi-label
+        return {"labels": list(truth), "predicted": p["labels"], "scores": p["scores"]}
+    return {"label": truth, "predicted": p["label"], "score": p["score"],
+            "scores": p["scores"]}
 
 
 def _training_labels(run_dir: Path) -> list[str] | None:
@@ -101,7 +108,6 @@ def evaluate_classifier_base(clf: Predictor, texts: list[str], labels: list[str]
     the same texts: what fine-tuning started from."""
     import torch
 
-    from lmtune.eval.batched import evaluate_classifier
     from lmtune.models.load import attention_impl, load_classifier, resolve_model
 
     cfg = clf.config
@@ -110,8 +116,7 @@ def evaluate_classifier_base(clf: Predictor, texts: list[str], labels: list[str]
                             cfg.trust_remote_code,
                             attention_impl(cfg.attention, runtime.device_type(),
                                            get_task(cfg.task).eager_on_cpu))
-    return evaluate_classifier(model.eval(), clf.encode(texts, labels), clf.label_names,
-                               clf.batch_size, clf.pad_id, clf.autocast, progress)
+    return clf.evaluate_model(model.eval(), texts, labels, progress)
 
 
 # ---------------------------------------------------------------------- language models
@@ -186,16 +191,22 @@ def format_result(result: dict) -> str:
     test = result["test"]
     if "per_class" not in test:
         return format_lm_metrics(result)
-    text = format_metrics(test, list(test["per_class"]))
+    multi = "micro_f1" in test
+    text = (format_multilabel if multi else format_metrics)(test, list(test["per_class"]))
     if "base" in result:
-        text += "\n" + format_comparison(result["base"]["test"], test)
+        text += "\n" + format_comparison(result["base"]["test"], test,
+                                         MULTI_HEADLINE if multi else HEADLINE)
     return text + "".join(f"\nwarning: {w}" for w in result.get("warnings", []))
 
 
-def format_comparison(base: dict, tuned: dict) -> str:
+HEADLINE = ("accuracy", "macro_f1", "loss")
+MULTI_HEADLINE = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
+
+
+def format_comparison(base: dict, tuned: dict, keys: tuple[str, ...] = HEADLINE) -> str:
     """Base (the pretrained encoder with a new, untrained head) beside the tuned run."""
     lines = ["", f"  {'metric':<18} {'base':>8} {'tuned':>8} {'change':>8}"]
-    for k in ("accuracy", "macro_f1", "loss"):
+    for k in keys:
         lines.append(f"  {k:<18} {base[k]:8.4f} {tuned[k]:8.4f} {tuned[k] - base[k]:+8.4f}")
     if "majority_baseline" in tuned:
         lines.append(f"  {'majority baseline':<18} {tuned['majority_baseline']:8.4f}")
@@ -221,6 +232,19 @@ def format_metrics(m: dict, names: list[str]) -> str:
               "  " + " " * w + "".join(f"  {n:>{w}}" for n in names)]
     for name, row in zip(names, m["confusion_matrix"]):
         lines.append(f"  {name:<{w}}" + "".join(f"  {v:>{w}}" for v in row))
+    return "\n".join(lines)
+
+
+def format_multilabel(m: dict, names: list[str]) -> str:
+    """The eval table of a multi-label classifier: headline metrics, then per label."""
+    lines = [f"test set: {m.get('source', '?')} ({m['n']} rows)"]
+    lines += [f"  {k.replace('_', ' '):<18} {m[k]:.4f}" for k in MULTI_HEADLINE]
+    w = max(8, *(len(n) for n in names))
+    lines += ["", f"  {'label':<{w}}  precision  recall  f1      support  predicted  threshold"]
+    for name, c in m["per_class"].items():
+        lines.append(f"  {name:<{w}}  {c['precision']:.4f}     {c['recall']:.4f}  "
+                     f"{c['f1']:.4f}  {c['support']:<7}  {c['predicted']:<9}  "
+                     f"{c['threshold']:.2f}")
     return "\n".join(lines)
 
 

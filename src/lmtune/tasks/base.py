@@ -10,7 +10,7 @@ instead of comparing task names.
     generate  how prompts are built for decoding (`decode_kind`), which validation rows are
               generated from (`prompts`)
     check     the config checks that only this task knows
-    for_run   the task bound to the run's settings (DPO's beta and loss)
+    for_run   the task bound to the run's settings (DPO's beta and loss; multi-label)
 """
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ class Task:
                               "training: set eval.generate_samples > 0")
         if cfg.data.packing and not self.packs:
             raise ConfigError("data.packing", f"task={self.name} does not pack")
+        if cfg.data.multi_label and not self.labels:
+            raise ConfigError("data.multi_label", f"task={self.name} predicts no labels")
         if cfg.train.class_weights not in ("auto", "none") and not self.labels:
             raise ConfigError("train.class_weights", f"weighs classes; task={self.name} "
                               "predicts none")
@@ -152,6 +154,11 @@ class Task:
                         how: EvalSettings) -> None:
         """Work on the encoded splits that needs the starting model, done once before the
         first step (DPO: the reference log-probabilities). Nothing by default."""
+
+    def after_training(self, model, data: dict[str, Encoded], how: EvalSettings) -> None:
+        """Settings fitted with the best weights before the test pass and the save (all
+        ranks call it; multi-label: thresholds tuned on the validation split). Nothing by
+        default."""
 
     def before_eval(self, model, data: Encoded, reference: Callable | None,
                     how: EvalSettings) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from lmtune.config import Config, ConfigError, parse_class_weights
+from lmtune.config import Config, ConfigError, parse_label_values
 from lmtune.data.collate import Encoded, collate, encode
 from lmtune.data.load import Splits, load_splits
 from lmtune.tasks.base import EvalSettings, Task
@@ -28,6 +28,14 @@ class Classify(Task):
     headline = ("loss", "accuracy", "macro_f1")
     architectures = ("ForSequenceClassification",)
     head_modules = ("classifier", "score")  # BERT-style and decoder-style heads, as in peft
+
+    def for_run(self, cfg: Config) -> Task:
+        """data.multi_label: the multi-label task (tasks/multilabel.py)."""
+        if cfg.data.multi_label:
+            from lmtune.tasks.multilabel import MultiLabel
+
+            return MultiLabel.bound(cfg)
+        return self
 
     def check(self, cfg: Config) -> None:
         super().check(cfg)
@@ -68,7 +76,7 @@ class Classify(Task):
         if setting == "auto":
             counts = Counter(raw.train.labels)
             return [len(raw.train.labels) / (len(names) * max(counts[c], 1)) for c in names]
-        given = parse_class_weights(setting)
+        given = parse_label_values("train.class_weights", setting)
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise ConfigError("train.class_weights", f"names {', '.join(map(repr, unknown))}, "
