@@ -121,7 +121,7 @@ SAMPLES = 8  # generated test rows shown per run
 CURVES = [("loss", "train", "training loss"), ("lr", "train", "learning rate"),
           ("tokens_per_s", "train", "throughput (tokens/s)"),
           ("loss", "validation", "validation loss")]
-VALIDATION = ("accuracy", "macro_f1", "rougeL", "chrf", "rewards/accuracies",
+VALIDATION = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rougeL", "chrf", "rewards/accuracies",
               "rewards/margins", "preference_accuracy")
 
 
@@ -147,13 +147,21 @@ def section_results(runs: list[dict]) -> str:
                                            for k in keys])
     for name, test in tests:
         if "per_class" in test:
-            rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]]
-                    for c, v in test["per_class"].items()]
-            out += (f"<h3>{html.escape(name)}: per class</h3>"
-                    + table(["class", "precision", "recall", "f1", "support"], rows)
-                    + f"<h3>{html.escape(name)}: confusion matrix (rows: true, columns: "
+            out += class_table(name, test["per_class"])
+        if "confusion_matrix" in test:  # one label per row (multi-label has none)
+            out += (f"<h3>{html.escape(name)}: confusion matrix (rows: true, columns: "
                     "predicted)</h3><div class='figs'>" + confusion_figure(test) + "</div>")
     return out
+
+
+def class_table(name: str, per_class: dict) -> str:
+    """Precision, recall, F1 and support per class (multi-label: also how often each label
+    was predicted, and its threshold)."""
+    keys = [k for k in ("precision", "recall", "f1", "support", "predicted", "threshold")
+            if k in next(iter(per_class.values()), {})]
+    return (f"<h3>{html.escape(name)}: per class</h3>"
+            + table(["class", *keys], [[c, *(v[k] for k in keys)]
+                                       for c, v in per_class.items()]))
 
 
 def section_run(run: dict) -> str:

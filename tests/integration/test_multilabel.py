@@ -125,6 +125,10 @@ def test_lora_csv_with_a_separator_through_the_cli(tiny_llama, tmp_path, capsys)
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["test"]["micro_f1"] > result["base"]["test"]["micro_f1"] + 0.3
     assert result["warnings"] == []
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "subset_accuracy" in page and "<th>threshold</th>" in page
+    assert "confusion matrix" not in page  # a row's labels are not one class
 
 
 def test_two_processes_score_and_tune_like_one(tiny_llama, multilabel_jsonl, tmp_path):
