@@ -112,6 +112,9 @@ class DataConfig:
                             "list, or names joined by data.label_separator); sigmoid per label")
     label_separator: str = opt(",", "multi_label: what joins label names in a CSV/TSV cell")
     max_samples: int = opt(0, "use only the first N rows of each split (0: all)")
+    cache: bool = opt(True, "keep the tokenized splits under cache_dir, keyed by the rows, "
+                      "the tokenizer and these settings: the next run on the same data "
+                      "skips tokenizing")
     mlm_probability: float = opt(0.15, "mlm: share of tokens masked")
 
     def __post_init__(self) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from lmtune import checkpoint, rundir, runtime
-from lmtune.config import Config
+from lmtune.config import Config, cache_root
+from lmtune.data.cache import DataCache, cache_key
 from lmtune.data.checks import check_splits, leaks_or_conflicts
 from lmtune.data.collate import Encoded
 from lmtune.data.readers import Table
@@ -85,7 +86,6 @@ def prepare(cfg: Config, train_table: Table | None = None,
     task, method = get_task(cfg.task).for_run(cfg), get_method(cfg.method)
     # Everything that can fail on user input happens before the run dir is touched.
     raw = task.read(cfg, train_table)
-    data_warnings = leaks_or_conflicts(check_splits(task.check_rows(raw), cheap=True))
     model_path = resolve_model(cfg.model, cfg.cache_dir)
     fit_positions(cfg, model_path)
     out = rundir.check_run_dir(cfg)
@@ -95,7 +95,8 @@ def prepare(cfg: Config, train_table: Table | None = None,
                                            task.eager_on_cpu),
                             method.load_dtype, cfg.quantization, task.head_modules,
                             **task.model_kwargs(raw))
-    data, report = task.encode(cfg, tokenizer, raw, model.config)
+    data, report, data_warnings = encode_or_cached(cfg, task, raw, tokenizer, model.config,
+                                                   model_path)
     data = sample_validation(data, cfg.eval.max_samples, cfg.seed)
     if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
         model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -139,6 +140,23 @@ def prepare(cfg: Config, train_table: Table | None = None,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
                  vars(report) if report is not None else None, task.prompts(raw, cfg), hooks,
                  task.metric_for(cfg, raw))
+
+
+def encode_or_cached(cfg: Config, task, raw, tokenizer, model_config, model_path: str):
+    """(tokenized splits, data report, data warnings): from the tokenized-data cache when
+    this data, tokenizer and these settings were seen before (data/cache.py), else made
+    and stored."""
+    cache = None
+    if cfg.data.cache:
+        cache = DataCache(cache_root(cfg.cache_dir) / "data", cache_key(cfg, raw, model_path))
+        hit = cache.load()
+        if hit is not None:
+            return hit
+    warnings = leaks_or_conflicts(check_splits(task.check_rows(raw), cheap=True))
+    data, report = task.encode(cfg, tokenizer, raw, model_config)
+    if cache is not None:
+        cache.save(data, report, warnings)
+    return data, report, warnings
 
 
 def sample_validation(data: dict[str, Encoded], n: int, seed: int) -> dict[str, Encoded]:

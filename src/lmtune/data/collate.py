@@ -72,16 +72,34 @@ def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | Non
            chunk: int = 256) -> Encoded:
     """Tokenize all texts once, truncating to `max_length` (special tokens included).
 
-    Small chunks: a fast tokenizer's batch output keeps offsets, masks and token strings per
-    text, several KB each, until the chunk is done; only the ids are kept, each row as an
-    int32 array: about 4 bytes a token instead of the 36 of a list of Python ints (most ids
-    are past the small-int cache, so every one is an object of its own).
+    Small chunks: a tokenizer's batch output keeps per-text state until the chunk is done;
+    only the ids are kept, each row as an int32 array: about 4 bytes a token instead of the
+    36 of a list of Python ints (most ids are past the small-int cache, so every one is an
+    object of its own).
     """
+    batch_ids = _fast_ids(tokenizer, max_length) or (
+        lambda part: tokenizer(part, truncation=True, max_length=max_length)["input_ids"])
     ids: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
-        out = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length)
-        ids += [np.asarray(row, dtype=np.int32) for row in out["input_ids"]]
+        ids += [np.asarray(row, dtype=np.int32) for row in batch_ids(texts[start:start + chunk])]
     return Encoded(ids, labels)
+
+
+def _fast_ids(tokenizer, max_length: int):
+    """For a fast (Rust) tokenizer: a function from texts to their ids that skips what
+    `tokenizer(...)` builds and then drops (offsets, masks, token strings), about a third
+    less time, on every core as before. It runs a copy of the tokenizer, so the caller's
+    truncation and padding settings stay as they were. None for a Python tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side",
+                                                         "right"))
+    return lambda part: [e.ids for e in copy.encode_batch_fast(part)]
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,

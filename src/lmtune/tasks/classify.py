@@ -76,12 +76,8 @@ class Classify(Task):
         if setting == "auto":
             counts = Counter(raw.train.labels)
             return [len(raw.train.labels) / (len(names) * max(counts[c], 1)) for c in names]
-        given = parse_label_values("train.class_weights", setting)
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise ConfigError("train.class_weights", f"names {', '.join(map(repr, unknown))}, "
-                              f"not a label of the data ({', '.join(names)})")
-        return [given.get(c, 1.0) for c in names]
+        return per_label("train.class_weights",
+                         parse_label_values("train.class_weights", setting), names, 1.0)
 
     def read(self, cfg: Config, train_table=None, test_only: bool = False) -> Splits:
         return load_splits(cfg.data, cfg.seed, train_table)
@@ -124,6 +120,17 @@ class Classify(Task):
 
         return evaluate_classifier(model, data, how.label_names, how.batch_size, how.pad_id,
                                    how.autocast, how.progress, ranks=how.ranks, stop=how.stop)
+
+
+def per_label(key: str, given: dict[str, float], names: list[str], default: float
+              ) -> list[float]:
+    """`given` ({label: value}) as one value per label of `names`, `default` for the rest;
+    a name that is not a label is an error."""
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(key, f"names {', '.join(map(repr, unknown))}, not a label of the "
+                          f"data ({', '.join(names)})")
+    return [given.get(c, default) for c in names]
 
 
 IMBALANCED = 1.5  # the largest class has this many times the rows of the smallest, or more

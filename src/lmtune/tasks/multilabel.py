@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from lmtune.config import Config, ConfigError, parse_label_values, parse_thresholds
+from lmtune.config import Config, ConfigError, parse_thresholds
 from lmtune.data.collate import Encoded, encode
 from lmtune.data.load import Splits
 from lmtune.eval.multilabel import PROBLEM_TYPE
 from lmtune.tasks.base import EvalSettings
-from lmtune.tasks.classify import Classify
+from lmtune.tasks.classify import Classify, per_label
 
 
 class MultiLabel(Classify):
@@ -70,29 +70,25 @@ class MultiLabel(Classify):
         positives (which moves every score of that label up)."""
         if cfg.train.class_weights in ("auto", "none"):
             return None
-        given = parse_label_values("train.class_weights", cfg.train.class_weights)
-        return [given.get(c, 1.0) for c in self._known(given, raw, "train.class_weights")]
-
-    def _known(self, given: dict, raw: Splits, key: str) -> list[str]:
-        unknown = sorted(set(given) - set(raw.label_names))
-        if unknown:
-            raise ConfigError(key, f"names {', '.join(map(repr, unknown))}, not a label of "
-                              f"the data ({', '.join(raw.label_names)})")
-        return raw.label_names
+        return super().class_weights(cfg, raw)
 
     def model_kwargs(self, raw: Splits) -> dict:
+        """The label map and the problem type; thresholds named per label must name labels
+        of the data (checked here, before anything is loaded)."""
+        self.fixed_thresholds(raw.label_names)
         return super().model_kwargs(raw) | {"problem_type": PROBLEM_TYPE}
+
+    def fixed_thresholds(self, names: list[str]) -> list[float]:
+        """eval.thresholds per label (tune starts from 0.5)."""
+        fixed = parse_thresholds("0.5" if self.setting == "tune" else self.setting)
+        if not isinstance(fixed, dict):
+            return [fixed] * len(names)
+        return per_label("eval.thresholds", fixed, names, 0.5)
 
     def encode(self, cfg: Config, tokenizer, raw: Splits, model_config
                ) -> tuple[dict[str, Encoded], None]:
         """Tokens, and per row a 0/1 per label [C] in label-id order."""
         names = raw.label_names
-        fixed = parse_thresholds("0.5" if self.setting == "tune" else self.setting)
-        if isinstance(fixed, dict):
-            self.thresholds = [fixed.get(c, 0.5)
-                               for c in self._known(fixed, raw, "eval.thresholds")]
-        else:
-            self.thresholds = [fixed] * len(names)
         data = {}
         for name, part in (("train", raw.train), ("validation", raw.validation),
                            ("test", raw.test)):
@@ -113,6 +109,8 @@ class MultiLabel(Classify):
     def evaluate(self, model, data: Encoded, how: EvalSettings) -> dict:
         from lmtune.eval.multilabel import evaluate_multilabel
 
+        if self.thresholds is None:
+            self.thresholds = self.fixed_thresholds(how.label_names)
         return evaluate_multilabel(model, data, how.label_names, self.thresholds,
                                    how.batch_size, how.pad_id, how.autocast, how.progress,
                                    ranks=how.ranks, stop=how.stop)
@@ -123,6 +121,7 @@ class MultiLabel(Classify):
         which is saved with the model."""
         from lmtune.eval.multilabel import evaluate_multilabel
 
+        self.thresholds = self.thresholds or self.fixed_thresholds(how.label_names)
         if self.setting == "tune":
             self.thresholds = evaluate_multilabel(
                 model, data["validation"], how.label_names, self.thresholds, how.batch_size,
