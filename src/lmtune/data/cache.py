@@ -23,6 +23,7 @@ import importlib
 import json
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,8 @@ class DataCache:
             with np.load(self.dir / "arrays.npz", allow_pickle=False) as arrays:
                 data = {name: _decode(spec, arrays, name)
                         for name, spec in meta["splits"].items()}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError,
+                zipfile.BadZipFile):  # damaged or from another layout: made again
             return None
         (self.dir / "meta.json").touch()  # last use, for pruning
         return data, _report(meta["report"]), meta["warnings"]
@@ -112,6 +114,7 @@ class DataCache:
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "meta.json").write_text(json.dumps(meta))
+            shutil.rmtree(self.dir, ignore_errors=True)  # a damaged entry
             try:
                 tmp.rename(self.dir)
             except OSError:  # another process stored the same entry first
