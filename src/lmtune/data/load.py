@@ -9,6 +9,7 @@ import difflib
 import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from lmtune.config import DataConfig
 from lmtune.data.builtin import rotten_tomatoes, rotten_tomatoes_pairs
 from lmtune.data.highlights import aclsum_highlights
 from lmtune.data.instructions import aclsum, bible_en_es
-from lmtune.data.readers import Table, read_path
+from lmtune.data.readers import Locations, Table, read_path
 from lmtune.errors import LmtuneError
 
 
@@ -28,7 +29,7 @@ class LabeledSet:
     source: str
     texts: list[str]
     labels: list[str] | list[tuple[str, ...]]
-    where: list[str] = field(default_factory=list)  # each row's file:line, where known
+    where: Sequence[str] = field(default_factory=list)  # each row's file:line, where known
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -111,23 +112,23 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
                 f" Set data.{key} to one of them."
             raise LmtuneError(f"{table.source}: no column {column!r} (data.{key}); columns "
                               f"found: {', '.join(table.columns)}.{hint}")
-    texts, labels = [], []
-    for i, row in enumerate(table.rows):
-        text = row.get(data.text_column)
+    texts, labels, names = [], [], {}
+    cells = table.column(data.label_column)
+    for i, text in enumerate(table.column(data.text_column)):
         if not isinstance(text, str):
             kind = "missing" if text is None else f"not a string ({type(text).__name__})"
             raise LmtuneError(f"{table.loc(i)}: text in column {data.text_column!r} is {kind}")
         if not text.strip():
             raise LmtuneError(f"{table.loc(i)}: empty text in column {data.text_column!r}")
-        cell = row.get(data.label_column)
+        cell = cells[i]
         label = label_set(cell, data.label_separator) if data.multi_label else label_name(cell)
         if label is None:
             raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}"
                               + (f" (a list, or names joined by {data.label_separator!r})"
                                  if data.multi_label and cell is not None else ""))
         texts.append(text)
-        labels.append(label)
-    return LabeledSet(table.source, texts, labels, [table.loc(i) for i in range(len(texts))])
+        labels.append(names.setdefault(label, label))  # one object per name, not per row
+    return LabeledSet(table.source, texts, labels, table.locations())
 
 
 def label_name(value: Any) -> str | None:
@@ -186,6 +187,13 @@ def check_known_labels(part: LabeledSet, table: Table | None, data: DataConfig,
                               f"not occur in the training data (labels: {', '.join(names)})")
 
 
+def pick(where, idx: list[int]):
+    """The locations of rows `idx` (a `Locations`, a list, or none)."""
+    if isinstance(where, Locations):
+        return where.take(idx)
+    return [where[i] for i in idx] if where else []
+
+
 def val_share(data: DataConfig, rows: int) -> float:
     """The share of `rows` to split off for validation: `val_fraction`, capped at
     `val_max_rows` rows."""
@@ -225,6 +233,6 @@ def stratified_split(part: LabeledSet, fractions: dict[str, float],
         idx = sorted(idx)
         return LabeledSet(f"{part.source}[{name}]", [part.texts[i] for i in idx],
                           [part.labels[i] for i in idx],
-                          [part.where[i] for i in idx] if part.where else [])
+                          pick(part.where, idx))
 
     return subset(rest, "train"), {name: subset(idx, name) for name, idx in chosen.items()}

@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import os
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ from typing import Any
 from lmtune.errors import LmtuneError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+# CSV/TSV files this large are parsed by Arrow first (data/arrow_csv.py): several times
+# faster and without a dict per row. Smaller ones gain nothing that shows.
+ARROW_MIN_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -25,14 +30,61 @@ class Table:
 
     source: str
     columns: list[str]
-    rows: list[dict[str, Any]]
-    lines: list[int] = field(default_factory=list)
+    rows: Sequence[dict[str, Any]]  # a list, or `ColumnRows` (dicts made when read)
+    lines: Sequence[int] = field(default_factory=list)
     unit: str = "line"  # "line" for text files, "row" for Parquet / datasets / in-memory
 
+    def column(self, name: str) -> list:
+        """One column's values, in row order (None where a row lacks it)."""
+        if isinstance(self.rows, ColumnRows):
+            return self.rows.cols[name]
+        return [row.get(name) for row in self.rows]
+
     def loc(self, i: int) -> str:
-        if self.unit == "line":
-            return f"{self.source}:{self.lines[i]}"
-        return f"{self.source} (row {self.lines[i]})"
+        return place(self.source, self.unit, self.lines[i])
+
+    def locations(self) -> Locations:
+        return Locations(self.source, self.unit, array("q", self.lines))
+
+
+def place(source: str, unit: str, n: int) -> str:
+    return f"{source}:{n}" if unit == "line" else f"{source} (row {n})"
+
+
+class ColumnRows(Sequence):
+    """The rows of a table read by columns, each a dict made when asked for (a million
+    dicts held at once would cost about 200 MB)."""
+
+    def __init__(self, cols: dict[str, list]):
+        self.cols = cols
+
+    def __len__(self) -> int:
+        return len(next(iter(self.cols.values()), []))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return {name: values[i] for name, values in self.cols.items()}
+
+
+class Locations(Sequence):
+    """Each row's `file:line` (or `file (row n)`), made when asked for: a million rows'
+    strings held at once would cost about 100 MB; their line numbers cost 8 bytes each."""
+
+    def __init__(self, source: str, unit: str, lines: array):
+        self.source, self.unit, self.lines = source, unit, lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Locations(self.source, self.unit, self.lines[i])
+        return place(self.source, self.unit, self.lines[i])
+
+    def take(self, idx: list[int]) -> Locations:
+        """The rows `idx`, in that order."""
+        return Locations(self.source, self.unit, array("q", (self.lines[i] for i in idx)))
 
 
 def read_path(path: str | Path) -> Table | dict[str, Table]:
@@ -51,6 +103,12 @@ def read_path(path: str | Path) -> Table | dict[str, Table]:
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(p)
+    if suffix in (".csv", ".tsv") and p.stat().st_size >= ARROW_MIN_BYTES:
+        from lmtune.data.arrow_csv import read_csv_arrow
+
+        table = read_csv_arrow(p, "\t" if suffix == ".tsv" else None)
+        if table is not None:
+            return table
     if suffix not in SUFFIXES:
         raise LmtuneError(f"{p}: unsupported file type {suffix or '(none)'!r}; use one of "
                           f"{', '.join(SUFFIXES)}, or a saved HF datasets dir")
@@ -75,7 +133,7 @@ def _decode(p: Path) -> str:
                           f"{e.start}); re-save the file as UTF-8") from None
 
 
-def _sniff_delimiter(text: str) -> str:
+def sniff_delimiter(text: str) -> str:
     """Pick `,` `;` or tab by which occurs most in the header line (outside quotes)."""
     header = text.split("\n", 1)[0]
     unquoted = "".join(part for i, part in enumerate(header.split('"')) if i % 2 == 0)
@@ -89,7 +147,7 @@ def read_csv(text: str, source: str, delimiter: str | None = None) -> Table:
     refuses fields over 128 KiB by default, and a long document in one cell is valid CSV
     (truncation to `train.max_length` comes later). The limit is the module's process-wide
     setting, so it is raised only while this file is read."""
-    delimiter = delimiter or _sniff_delimiter(text)
+    delimiter = delimiter or sniff_delimiter(text)
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, len(text) + 1))
     try:
@@ -98,8 +156,20 @@ def read_csv(text: str, source: str, delimiter: str | None = None) -> Table:
         csv.field_size_limit(limit)
 
 
+def _lines(text: str):
+    """The lines of `text`, ends kept, one at a time. io.StringIO would hold a copy of the
+    whole text at 4 bytes a character (its buffer is UCS-4): 900 MB for a 220 MB file."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
 def _read_csv(text: str, source: str, delimiter: str) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    # a file whose lines end in a lone \r (classic Mac) has no \n to split at
+    lines_of = _lines(text) if "\n" in text else io.StringIO(text, newline="")
+    reader = csv.reader(lines_of, delimiter=delimiter, strict=True)
     rows, lines, header = [], [], None
     start = 1
     try:
@@ -108,7 +178,7 @@ def _read_csv(text: str, source: str, delimiter: str) -> Table:
             if not record or record == [""]:
                 continue
             if header is None:
-                header = _check_header(record, source)
+                header = check_header(record, source)
                 continue
             if len(record) != len(header):
                 raise LmtuneError(f"{source}:{line}: expected {len(header)} fields as in the "
@@ -125,7 +195,7 @@ def _read_csv(text: str, source: str, delimiter: str) -> Table:
     return Table(source, header, rows, lines)
 
 
-def _check_header(record: list[str], source: str) -> list[str]:
+def check_header(record: list[str], source: str) -> list[str]:
     """The column names. An empty one is named as pandas names it, `Unnamed: I` (0-based):
     `DataFrame.to_csv` writes its index under an empty header cell."""
     header = [h.strip() or f"Unnamed: {i}" for i, h in enumerate(record)]
