@@ -116,7 +116,7 @@ class First(TrainerCallback):
         time.sleep(3600)
 args = TrainingArguments(out, per_device_train_batch_size=32, max_steps=100, bf16=%s,
                          report_to=[], save_strategy="no", logging_steps=1,
-                         dataloader_num_workers=0, group_by_length=False)
+                         dataloader_num_workers=0)
 Trainer(model=model, args=args, train_dataset=splits["train"],
         eval_dataset=splits["validation"], processing_class=tok,
         callbacks=[First()]).train()

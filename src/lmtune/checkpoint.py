@@ -73,7 +73,7 @@ def save(root: Path, step: int, *, trainable: dict[str, torch.Tensor] | None,
     """
     from safetensors.torch import save_file
 
-    final = root / f"step-{step:06d}"
+    final = step_dir(root, step)
     tmp = root / f".tmp-step-{step:06d}"
     try:
         if rank == 0:
@@ -150,7 +150,12 @@ def prune(root: Path, keep: int, best_step: int | None) -> None:
     steps = sorted(_step_of(p) for p in root.glob("step-*") if _step_of(p) is not None)
     for step in steps[:-keep]:
         if step != best_step:
-            shutil.rmtree(root / f"step-{step:06d}", ignore_errors=True)
+            shutil.rmtree(step_dir(root, step), ignore_errors=True)
+
+
+def step_dir(root: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives under `root`."""
+    return root / f"step-{step:06d}"
 
 
 def _step_of(path: Path) -> int | None:

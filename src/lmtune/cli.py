@@ -218,13 +218,31 @@ def cmd_train(args) -> int:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run `lmtune ARGV` in `nproc` processes under torchrun (standalone rendezvous)."""
+    """Run `lmtune ARGV` in `nproc` processes under torchrun (standalone rendezvous).
+
+    SIGTERM and SIGINT sent to this process (a scheduler, a container runtime, Ctrl-C) go
+    on to torchrun, which hands them to the ranks; they checkpoint and stop, and this
+    process exits 128 + the signal number once they have."""
+    import signal
     import subprocess
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", str(nproc), "-m", "lmtune", *argv]
     print("launching: " + " ".join(cmd[1:]), file=sys.stderr)
-    return subprocess.run(cmd).returncode
+    proc = subprocess.Popen(cmd)
+    got: list[int] = []
+
+    def forward(signum, frame):
+        got.append(signum)
+        proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 128 + got[0] if got else code
 
 
 def cmd_resume(args) -> int:

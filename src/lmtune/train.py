@@ -87,7 +87,7 @@ def train(cfg: Config, train_table: Table | None = None, progress: bool = True,
         except BaseException:  # stopped or failed: the logs end here (resume reopens them)
             setup.logger.close()
             raise
-        return finish(setup, state)
+        return finish(setup, state, stop)
 
 
 # ------------------------------------------------------------------------------- fit
@@ -153,8 +153,8 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
             if not tc.eval_every:
                 validate_or_stop(s, state, state.epoch - 1, stop, window, start)
             save_checkpoint(s, state, window, start)
-    if state.last_eval_step != state.step:
-        validate(s, state, state.epoch - 1)
+        if state.last_eval_step != state.step:  # the last steps were not validated yet
+            validate_or_stop(s, state, state.epoch - 1, stop, window, start)
     state.seconds = time.perf_counter() - start
     bar.close()
     return state
@@ -162,11 +162,12 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
 
 def validate_or_stop(s: Setup, state: FitState, epoch: int, stop: checkpoint.StopRequest,
                      window: dict[str, torch.Tensor], start: float) -> None:
-    """Validate; a stop request during the pass (one process: asked between batches) ends
-    it with a checkpoint of this step that says the validation is still to do, so the run
-    exits within a batch and a resumed run validates first. With several processes the
-    request is honoured after the pass, when the ranks agree on it."""
-    asked = (lambda: stop_requested(s, stop)) if s.strategy.world == 1 else None
+    """Validate; a stop request during the pass (asked between batches, and between
+    batches of generated prompts) ends it with a checkpoint of this step that says the
+    validation is still to do, so the run exits within a batch and a resumed run validates
+    first. With several processes the ranks agree on it at every batch: each runs as many
+    batches (`rank_share`), so all stop at the same one."""
+    asked = lambda: stop_requested(s, stop)  # noqa: E731
     state.pending_validation = epoch
     try:
         validate(s, state, epoch, asked)
@@ -320,7 +321,7 @@ def validate(s: Setup, state: FitState, epoch: int, stop=None) -> None:
     metrics = headline(s, evaluate_split(s, "validation", stop))
     if s.prompts:
         metrics |= evaluate_generation(s.module, s.tokenizer, s.task.decode_kind(s.tokenizer),
-                                       s.cfg, s.prompts, s.precision, s.strategy.ranks)
+                                       s.cfg, s.prompts, s.precision, s.strategy.ranks, stop)
     state.last_eval_step = state.step
     name = s.metric
     s.logger.log({"step": state.step, "epoch": epoch, "split": "validation", **metrics})
@@ -336,7 +337,20 @@ def validate(s: Setup, state: FitState, epoch: int, stop=None) -> None:
 # ---------------------------------------------------------------------------- finish
 
 
-def finish(s: Setup, state: FitState) -> RunResult:
+def test_or_stop(s: Setup, state: FitState, stop_hook: Callable[[], bool] | None) -> dict:
+    """The test pass, which a stop request ends between batches: training ended with a
+    checkpoint of its last step, so a resumed run goes straight to the test."""
+    with checkpoint.StopRequest(stop_hook) as stop:
+        try:
+            return evaluate_split(s, "test", lambda: stop_requested(s, stop))
+        except EvalStopped:
+            s.logger.close()
+            raise Interrupted(stop.signum, checkpoint.step_dir(s.out / "checkpoints",
+                                                               state.step)) from None
+
+
+def finish(s: Setup, state: FitState, stop_hook: Callable[[], bool] | None = None
+           ) -> RunResult:
     """Restore the best weights, test, save model/, eval.json and summary.json, print the
     summary."""
     model, strategy = s.module, s.strategy
@@ -349,7 +363,7 @@ def finish(s: Setup, state: FitState) -> RunResult:
     s.task.after_training(s.model, s.data, s.eval_settings())
     test = None
     if "test" in s.data:
-        test = evaluate_split(s, "test")
+        test = test_or_stop(s, state, stop_hook)
         s.logger.log({"step": state.step, "split": "test", **headline(s, test)})
     strategy.barrier()
     seconds = max(state.seconds - state.aside_seconds, 1e-9)

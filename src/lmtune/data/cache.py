@@ -124,6 +124,13 @@ class DataCache:
             return
 
     def prune(self) -> None:
+        """Keep the KEEP entries used last; drop temp dirs a killed run left over an hour
+        ago."""
+        import time
+
+        for p in self.root.glob(".tmp-*"):
+            if p.stat().st_mtime < time.time() - 3600:
+                shutil.rmtree(p, ignore_errors=True)
         entries = [p for p in self.root.iterdir() if (p / "meta.json").exists()]
         entries.sort(key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
         for p in entries[KEEP:]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -53,11 +53,13 @@ class Decoder:
         return "\n\n".join(m.content for m in conv)
 
     def generate(self, convs: list[Conversation], settings: GenerateConfig | None = None,
-                 progress: bool = False, synced: bool = False) -> list[str]:
+                 progress: bool = False, synced: bool = False,
+                 before_batch: Callable[[], None] | None = None) -> list[str]:
         """Generated answers, in input order; prompts are batched by length. `synced`: the
         ranks of a multi-process run each generate their own prompts, with as many calls,
         and every rank runs forward passes until all have finished (HF `synced_gpus`: FSDP
-        and ZeRO-3 forwards are collectives)."""
+        and ZeRO-3 forwards are collectives). `before_batch()` runs before each batch of
+        prompts; it may raise to end the pass (a stop request)."""
         g = settings or self.settings
         prompts = [self.prompt_text(c) for c in convs]
         if self.kind == "seq2seq":
@@ -72,6 +74,8 @@ class Decoder:
         try:
             for s in range(0, len(order), g.batch_size):
                 idx = order[s:s + g.batch_size]
+                if before_batch is not None:
+                    before_batch()
                 for i, text in zip(idx, self._batch([ids[i] for i in idx], g, synced)):
                     out[i] = text
                 bar.update(len(idx))
