@@ -18,7 +18,8 @@ import yaml
 
 from lmtune import typed_yaml
 from lmtune.errors import ConfigError, LmtuneError
-from lmtune.typed_yaml import build, parse_scalar, read_yaml, set_dotted
+from lmtune.typed_yaml import (build, choice, opt, parse_label_values, parse_scalar,
+                                parse_thresholds, positive, read_yaml, set_dotted)
 
 FORMATS = ("auto", "chat", "sharegpt", "alpaca", "prompt_completion", "source_target",
            "text", "preference", "openai_preference")
@@ -26,7 +27,8 @@ TRAIN_ON = ("assistant", "last_assistant", "all")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match")
-METRICS = ("auto", "accuracy", "macro_f1", "micro_f1", "subset_accuracy", "loss", "rewards/accuracies", *GENERATION_METRICS)
+METRICS = ("auto", "accuracy", "macro_f1", "micro_f1", "subset_accuracy", "loss",
+           "rewards/accuracies", *GENERATION_METRICS)
 ATTENTION = ("auto", "eager", "sdpa")
 QUANTIZE = ("none", "int8", "nf4")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
@@ -34,51 +36,6 @@ TRUNCATION = ("prompt_middle", "end")
 DPO_LOSSES = ("sigmoid", "ipo", "simpo")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")
 ZERO_STAGES = (1, 2, 3)
-
-
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a help string (mutable defaults are copied per instance)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def _choice(key: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def parse_label_values(key: str, text: str, high: float = float("inf")) -> dict[str, float]:
-    """'fresh=1,rotten=2.5' → {"fresh": 1.0, "rotten": 2.5}; each value in (0, high)."""
-    out = {}
-    for part in text.split(","):
-        label, sep, number = part.strip().rpartition("=")
-        try:
-            value = float(number)
-        except ValueError:
-            value = -1.0
-        if not sep or not label or not 0 < value < high:
-            bound = f"in (0, {high:g})" if high < float("inf") else "> 0"
-            raise ConfigError(key, f"must be 'label=value,...' with values {bound}; got "
-                              f"{text!r}")
-        out[label] = value
-    return out
-
-
-def parse_thresholds(text: str) -> dict[str, float] | float:
-    """eval.thresholds other than tune: one number (every label), or per label."""
-    try:
-        value = float(text)
-    except ValueError:
-        return parse_label_values("thresholds", text, high=1.0)
-    if not 0 < value < 1:
-        raise ConfigError("thresholds", f"must be in (0, 1), 'label=t,...' or tune; got {text!r}")
-    return value
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}; got {value}")
 
 
 @dataclass
@@ -118,14 +75,14 @@ class DataConfig:
     mlm_probability: float = opt(0.15, "mlm: share of tokens masked")
 
     def __post_init__(self) -> None:
-        _choice("truncation", self.truncation, TRUNCATION)
+        choice("truncation", self.truncation, TRUNCATION)
         for key in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 0.5:
                 raise ConfigError(key, f"must be in (0, 0.5); got {getattr(self, key)}")
-        _positive("val_max_rows", self.val_max_rows, allow_zero=True)
-        _choice("format", self.format, FORMATS)
-        _choice("train_on", self.train_on, TRAIN_ON)
-        _positive("max_samples", self.max_samples, allow_zero=True)
+        positive("val_max_rows", self.val_max_rows, allow_zero=True)
+        choice("format", self.format, FORMATS)
+        choice("train_on", self.train_on, TRAIN_ON)
+        positive("max_samples", self.max_samples, allow_zero=True)
         if not self.label_separator.strip():
             raise ConfigError("label_separator", "must not be empty or blank")
         if not 0 < self.mlm_probability < 1:
@@ -178,20 +135,20 @@ class TrainConfig:
                           "partitioned), 2 (and gradients) or 3 (and parameters)")
 
     def __post_init__(self) -> None:
-        _positive("epochs", self.epochs)
+        positive("epochs", self.epochs)
         for key in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
-            _positive(key, getattr(self, key))
+            positive(key, getattr(self, key))
         for key in ("max_steps", "min_steps", "eval_every", "threads", "warmup", "weight_decay",
                     "max_grad_norm", "checkpoint_every", "max_length"):
-            _positive(key, getattr(self, key), allow_zero=True)
+            positive(key, getattr(self, key), allow_zero=True)
         if self.lr is not None:
-            _positive("lr", self.lr)
+            positive("lr", self.lr)
         if self.class_weights not in ("auto", "none"):
             parse_label_values("class_weights", self.class_weights)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("distributed", self.distributed, DISTRIBUTED)
-        _choice("zero_stage", self.zero_stage, ZERO_STAGES)
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("precision", self.precision, PRECISIONS)
+        choice("distributed", self.distributed, DISTRIBUTED)
+        choice("zero_stage", self.zero_stage, ZERO_STAGES)
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 
@@ -211,10 +168,10 @@ class LoraConfig:
                     "factors); pissa and olora adapters are saved as plain LoRA adapters")
 
     def __post_init__(self) -> None:
-        _positive("r", self.r)
-        _positive("alpha", self.alpha)
-        _positive("plus_ratio", self.plus_ratio, allow_zero=True)
-        _choice("init", self.init, LORA_INITS)
+        positive("r", self.r)
+        positive("alpha", self.alpha)
+        positive("plus_ratio", self.plus_ratio, allow_zero=True)
+        choice("init", self.init, LORA_INITS)
         if not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
 
@@ -227,8 +184,8 @@ class PromptConfig:
     encoder_hidden: int = opt(128, "ptuning: hidden width of the MLP that makes the tokens")
 
     def __post_init__(self) -> None:
-        _positive("virtual_tokens", self.virtual_tokens)
-        _positive("encoder_hidden", self.encoder_hidden)
+        positive("virtual_tokens", self.virtual_tokens)
+        positive("encoder_hidden", self.encoder_hidden)
 
 
 @dataclass
@@ -243,9 +200,9 @@ class DpoConfig:
     simpo_gamma: float = opt(0.5, "loss=simpo: the reward margin the chosen answer must win by")
 
     def __post_init__(self) -> None:
-        _positive("beta", self.beta)
-        _choice("loss", self.loss, DPO_LOSSES)
-        _positive("simpo_gamma", self.simpo_gamma, allow_zero=True)
+        positive("beta", self.beta)
+        choice("loss", self.loss, DPO_LOSSES)
+        positive("simpo_gamma", self.simpo_gamma, allow_zero=True)
 
 
 @dataclass
@@ -271,7 +228,7 @@ class FreezeConfig:
     layers: int = opt(2, "method=freeze: train the head plus this many top layers")
 
     def __post_init__(self) -> None:
-        _positive("layers", self.layers, allow_zero=True)
+        positive("layers", self.layers, allow_zero=True)
 
 
 @dataclass
@@ -291,12 +248,12 @@ class EvalConfig:
                           "(each label's best F1 on the validation split, after training)")
 
     def __post_init__(self) -> None:
-        _choice("metric", self.metric, METRICS)
+        choice("metric", self.metric, METRICS)
         if self.thresholds != "tune":
             parse_thresholds(self.thresholds)
-        _positive("batch_size", self.batch_size)
-        _positive("max_samples", self.max_samples, allow_zero=True)
-        _positive("generate_samples", self.generate_samples, allow_zero=True)
+        positive("batch_size", self.batch_size)
+        positive("max_samples", self.max_samples, allow_zero=True)
+        positive("generate_samples", self.generate_samples, allow_zero=True)
 
 
 @dataclass
@@ -311,9 +268,9 @@ class GenerateConfig:
     batch_size: int = opt(16, "prompts decoded together")
 
     def __post_init__(self) -> None:
-        _positive("max_new_tokens", self.max_new_tokens)
-        _positive("temperature", self.temperature, allow_zero=True)
-        _positive("batch_size", self.batch_size)
+        positive("max_new_tokens", self.max_new_tokens)
+        positive("temperature", self.temperature, allow_zero=True)
+        positive("batch_size", self.batch_size)
         if self.repetition_penalty < 1:
             raise ConfigError("repetition_penalty", f"must be >= 1; got "
                               f"{self.repetition_penalty}")
@@ -356,13 +313,13 @@ class Config:
         from lmtune.methods import METHODS
         from lmtune.tasks import TASKS
 
-        _choice("task", self.task, tuple(TASKS))
+        choice("task", self.task, tuple(TASKS))
         if not self.train.max_length:  # the task's own; capped at the model's positions
             self.train.max_length = TASKS[self.task].max_length
             self.train.length_from_task = True  # not a config key: see fit_positions
         TASKS[self.task].for_run(self).check(self)
-        _choice("method", self.method, tuple(METHODS))
-        _choice("quantize", self.quantize, QUANTIZE)
+        choice("method", self.method, tuple(METHODS))
+        choice("quantize", self.quantize, QUANTIZE)
         if self.quantize != "none" and not METHODS[self.method].adapter:
             raise ConfigError("quantize", f"quantizes the frozen base under an adapter; "
                               f"method={self.method} trains the model's own weights")
@@ -370,7 +327,7 @@ class Config:
             METHODS[self.method].check(self, TASKS[self.task])
         if self.train.lr is None:
             self.train.lr = METHODS[self.method].default_lr
-        _choice("attention", self.attention, ATTENTION)
+        choice("attention", self.attention, ATTENTION)
         if not self.model:
             raise ConfigError("model", "must name a model dir, hub id or alias")
         if self.resume and self.overwrite:

@@ -121,7 +121,8 @@ SAMPLES = 8  # generated test rows shown per run
 CURVES = [("loss", "train", "training loss"), ("lr", "train", "learning rate"),
           ("tokens_per_s", "train", "throughput (tokens/s)"),
           ("loss", "validation", "validation loss")]
-VALIDATION = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rougeL", "chrf", "rewards/accuracies",
+VALIDATION = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rougeL", "chrf",
+              "rewards/accuracies",
               "rewards/margins", "preference_accuracy")
 
 

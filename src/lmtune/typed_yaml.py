@@ -1,12 +1,14 @@
 """Typed dataclasses from YAML: read a file remembering each key's file:line, set dotted
 overrides, build nested dataclasses with every value checked against its annotation, and
-list (key, default, help) for `--help`. Generic: lmtune's own sections live in config.py."""
+list (key, default, help) for `--help`; the field helper (`opt`) and the value checks the
+sections use. Generic: lmtune's own sections live in config.py."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,52 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
     return rows
+
+
+# ------------------------------------------------------------- fields and checks
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def choice(key: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def parse_label_values(key: str, text: str, high: float = float("inf")) -> dict[str, float]:
+    """'fresh=1,rotten=2.5' → {"fresh": 1.0, "rotten": 2.5}; each value in (0, high)."""
+    out = {}
+    for part in text.split(","):
+        label, sep, number = part.strip().rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            value = -1.0
+        if not sep or not label or not 0 < value < high:
+            bound = f"in (0, {high:g})" if high < float("inf") else "> 0"
+            raise ConfigError(key, f"must be 'label=value,...' with values {bound}; got "
+                              f"{text!r}")
+        out[label] = value
+    return out
+
+
+def parse_thresholds(text: str) -> dict[str, float] | float:
+    """eval.thresholds other than tune: one number (every label), or per label."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_label_values("thresholds", text, high=1.0)
+    if not 0 < value < 1:
+        raise ConfigError("thresholds", f"must be in (0, 1), 'label=t,...' or tune; got "
+                          f"{text!r}")
+    return value
+
+
+def positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}; got {value}")

@@ -172,7 +172,8 @@ def _decode(spec: dict, arrays, split: str) -> Encoded:
         elif kind == "flat":
             kwargs[name] = arrays[key].tolist()
         else:
-            rows = np.split(arrays[key], np.cumsum(arrays[key + "#len"])[:-1])
+            flat, ends = arrays[key], np.cumsum(arrays[key + "#len"]).tolist()
+            rows = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]  # views, no copies
             kwargs[name] = [r.tolist() for r in rows] if kind == "ragged_list" else rows
     return _lmtune_class(spec["class"])(**kwargs)
 

@@ -100,33 +100,37 @@ def check_splits(splits: dict[str, Rows], cheap: bool = False) -> dict:
 
 def _overlap(splits: dict[str, Rows], keys: dict[str, list[str]]) -> dict:
     """Rows of validation and test whose normalized text is also in an earlier split."""
-    out, seen = {}, {}
+    out, seen = {}, {}  # key → (split, row) of its first occurrence
     for name in ("train", "validation", "test"):
         if name not in splits:
             continue
         if seen:
             f = Finding()
-            for key, where in zip(keys[name], splits[name].where):
+            for i, key in enumerate(keys[name]):
                 if key in seen:
-                    f.add(f"{where} = {seen[key]}")
+                    first, j = seen[key]
+                    f.add(f"{splits[name].where[i]} = {splits[first].where[j]}")
             out[name] = vars(f)
-        for key, where in zip(keys[name], splits[name].where):
-            seen.setdefault(key, where)
+        for i, key in enumerate(keys[name]):
+            seen.setdefault(key, (name, i))
     return out
 
 
 def _conflicts(splits: dict[str, Rows], keys: dict[str, list[str]]) -> dict:
-    """Normalized texts that carry more than one label, over all splits."""
-    labels: dict[str, dict[str, str]] = defaultdict(dict)  # key → label → first where
+    """Normalized texts that carry more than one label, over all splits. Rows are kept as
+    (split, row) until shown: a million rows would otherwise hold a million strings."""
+    first: dict[str, tuple] = {}  # key → (label, split, row) of its first occurrence
+    others: dict[str, dict] = {}  # key → label → (split, row), for keys with two labels
     for name, rows in splits.items():
         if rows.labels is None:
             continue
-        for key, label, where in zip(keys[name], rows.labels, rows.where):
-            labels[key].setdefault(label, where)
+        for i, (key, label) in enumerate(zip(keys[name], rows.labels)):
+            seen = first.setdefault(key, (label, name, i))
+            if seen[0] != label:
+                others.setdefault(key, {seen[0]: seen[1:]}).setdefault(label, (name, i))
     f = Finding()
-    for by_label in labels.values():
-        if len(by_label) > 1:
-            f.add(", ".join(f"{w} ({label})" for label, w in by_label.items()))
+    for by_label in others.values():
+        f.add(", ".join(f"{splits[n].where[i]} ({label})" for label, (n, i) in by_label.items()))
     return vars(f)
 
 

@@ -87,9 +87,9 @@ def encode(tokenizer, texts: list[str], max_length: int, labels: list[int] | Non
 
 def _fast_ids(tokenizer, max_length: int):
     """For a fast (Rust) tokenizer: a function from texts to their ids that skips what
-    `tokenizer(...)` builds and then drops (offsets, masks, token strings), about a third
-    less time, on every core as before. It runs a copy of the tokenizer, so the caller's
-    truncation and padding settings stay as they were. None for a Python tokenizer."""
+    `tokenizer(...)` would build and this code would drop (offsets, masks, token strings),
+    on every core as before. It runs a copy of the tokenizer, so the caller's truncation
+    and padding settings stay as they were. None for a Python tokenizer."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not getattr(tokenizer, "is_fast", False):
         return None

@@ -112,8 +112,8 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
                 f" Set data.{key} to one of them."
             raise LmtuneError(f"{table.source}: no column {column!r} (data.{key}); columns "
                               f"found: {', '.join(table.columns)}.{hint}")
-    texts, labels, names = [], [], {}
-    cells = table.column(data.label_column)
+    texts, labels, names = [], [], {}  # names: one object per label name, not per row
+    cells, named = table.column(data.label_column), {}  # named: a name per distinct cell
     for i, text in enumerate(table.column(data.text_column)):
         if not isinstance(text, str):
             kind = "missing" if text is None else f"not a string ({type(text).__name__})"
@@ -121,13 +121,18 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
         if not text.strip():
             raise LmtuneError(f"{table.loc(i)}: empty text in column {data.text_column!r}")
         cell = cells[i]
-        label = label_set(cell, data.label_separator) if data.multi_label else label_name(cell)
+        label = named.get(cell) if isinstance(cell, str) else None
+        if label is None:
+            label = label_set(cell, data.label_separator) if data.multi_label \
+                else label_name(cell)
+            if isinstance(cell, str) and label is not None:
+                named[cell] = names.setdefault(label, label)
         if label is None:
             raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}"
                               + (f" (a list, or names joined by {data.label_separator!r})"
                                  if data.multi_label and cell is not None else ""))
         texts.append(text)
-        labels.append(names.setdefault(label, label))  # one object per name, not per row
+        labels.append(names.setdefault(label, label))
     return LabeledSet(table.source, texts, labels, table.locations())
 
 

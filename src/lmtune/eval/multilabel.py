@@ -41,8 +41,9 @@ def evaluate_multilabel(model, data, label_names: list[str], thresholds: list[fl
                         stop: Callable[[], bool] | None = None, tune: bool = False) -> dict:
     """Metrics of labelled `data` (`labels`: a 0/1 per label) at `thresholds` (one per
     label); with `tune`, also `best_thresholds`: each label's threshold on `GRID` with the
-    highest F1 (ties: the one nearest 0.5). With `probs` ([N, C]) each row's scores are written there,
-    in input order; with `ranks`, each rank runs its share and the counts are summed."""
+    highest F1 (ties: the one nearest 0.5). With `probs` ([N, C]) each row's scores are
+    written there, in input order; with `ranks`, each rank runs its share and the counts
+    are summed."""
     k = len(label_names)
     thr = torch.tensor(thresholds, dtype=torch.float32)
     counts = torch.zeros(3, k, dtype=torch.float64)  # tp, fp, fn at the thresholds

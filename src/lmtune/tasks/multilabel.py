@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from lmtune.config import Config, ConfigError, parse_thresholds
+from lmtune.config import Config, parse_thresholds
 from lmtune.data.collate import Encoded, encode
 from lmtune.data.load import Splits
 from lmtune.eval.multilabel import PROBLEM_TYPE
 from lmtune.tasks.base import EvalSettings
-from lmtune.tasks.classify import Classify, per_label
+from lmtune.tasks.classify import Classify, imbalanced, per_label
 
 
 class MultiLabel(Classify):
@@ -36,11 +36,6 @@ class MultiLabel(Classify):
         task.setting = cfg.eval.thresholds
         return task
 
-    def check(self, cfg: Config) -> None:
-        super().check(cfg)
-        if cfg.data.label_column == cfg.data.text_column:
-            raise ConfigError("data.label_column", "names the text column too")
-
     def check_rows(self, raw: Splits) -> dict:
         """Label sets as one name each ("approach,outcome"; "(none)"), for the balance and
         conflict checks."""
@@ -52,8 +47,6 @@ class MultiLabel(Classify):
     def metric_for(self, cfg: Config, raw: Splits) -> str:
         """auto: macro-F1 when the labels' frequencies are imbalanced (micro-F1 would be
         carried by the frequent ones), else micro-F1."""
-        from lmtune.tasks.classify import imbalanced
-
         if cfg.eval.metric != "auto":
             return cfg.eval.metric
         names = [name for row in raw.train.labels for name in row]
@@ -65,9 +58,9 @@ class MultiLabel(Classify):
         return multilabel_warnings(test)
 
     def class_weights(self, cfg: Config, raw: Splits) -> list[float] | None:
-        """Each label's weight on its positive rows (BCE's pos_weight), or None. auto and
-        none weigh nothing: tuned thresholds serve a rare label better than inflating its
-        positives (which moves every score of that label up)."""
+        """Each label's weight on its positive rows (BCE's pos_weight) when given per label,
+        else None: auto weighs nothing here. For a rare label, per-label thresholds
+        (eval.thresholds=tune) are the setting that needs no weight chosen by hand."""
         if cfg.train.class_weights in ("auto", "none"):
             return None
         return super().class_weights(cfg, raw)
