@@ -46,6 +46,10 @@ def read_csv_arrow(path: Path, delimiter: str | None) -> Table | None:
     if table is None or table.num_rows != len(starts):
         return None  # blank lines, or quotes the csv module reads otherwise
     cols = {name: python_strings(table.column(name)) for name in header}
+    del table
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages
     return Table(str(path), header, ColumnRows(cols), lines.tolist())
 
 
