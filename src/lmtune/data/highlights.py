@@ -9,21 +9,15 @@ The papers' own train/val/test files give the splits (100/50/100 papers; 3,868 /
 """
 from __future__ import annotations
 
-import json
-
-from lmtune.data.builtin import package_dir
-from lmtune.data.instructions import ASPECTS, detokenize
+from lmtune.data.instructions import ASPECTS, aclsum_papers, detokenize
 from lmtune.data.readers import Table
 
 
 def aclsum_highlights(seed: int, cache_dir: str = "") -> dict[str, Table]:
-    root = package_dir("aclsum", "aclsum==0.1.2") / "dataset"
     out = {}
-    for name, file in (("train", "train.jsonl"), ("validation", "val.jsonl"),
-                       ("test", "test.jsonl")):
+    for name, papers in aclsum_papers():
         rows, lines = [], []
-        for n, line in enumerate((root / file).read_text(encoding="utf-8").splitlines(), 1):
-            paper = json.loads(line)
+        for n, paper in papers:
             for section, sentences in paper["sentences"].items():
                 marks = {a: paper["highlights"][a].get(section) or [0] * len(sentences)
                          for a in ASPECTS}

@@ -14,6 +14,7 @@ import random
 import re
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from lmtune.config import cache_root
 from lmtune.data.builtin import package_dir
@@ -33,14 +34,20 @@ def detokenize(text: str) -> str:
     return re.sub(r" (n't|'s|'re|'ve|'d|'ll|'m)\b", r"\1", text)
 
 
-def aclsum(seed: int, cache_dir: str = "") -> dict[str, Table]:
+def aclsum_papers() -> Iterator[tuple[str, list[tuple[int, dict]]]]:
+    """(split, [(line, paper), ...]) for aclsum's train, validation and test files."""
     root = package_dir("aclsum", "aclsum==0.1.2") / "dataset"
-    out = {}
     for name, file in (("train", "train.jsonl"), ("validation", "val.jsonl"),
                        ("test", "test.jsonl")):
+        text = (root / file).read_text(encoding="utf-8")
+        yield name, [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1)]
+
+
+def aclsum(seed: int, cache_dir: str = "") -> dict[str, Table]:
+    out = {}
+    for name, papers in aclsum_papers():
         rows, lines = [], []
-        for n, line in enumerate((root / file).read_text(encoding="utf-8").splitlines(), 1):
-            paper = json.loads(line)
+        for n, paper in papers:
             abstract = detokenize(" ".join(paper["sentences"]["abstract"]))
             for aspect in ASPECTS:
                 rows.append({"instruction": f"Summarize the {aspect} of this paper in one "
