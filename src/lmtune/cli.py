@@ -96,8 +96,8 @@ def add_model_commands(sub, fmt) -> None:
                    "run started from, side by side")
     e.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
 
-    g = sub.add_parser("generate", help="generate answers with a saved sft/clm run or a "
-                       "causal LM", formatter_class=fmt, description="Generate text. "
+    g = sub.add_parser("generate", help="generate answers with a saved sft, clm, dpo or "
+                       "seq2seq run, or a causal LM", formatter_class=fmt, description="Generate text. "
                        "Examples:\n  lmtune generate runs/sft --prompt 'Summarize: ...'\n  "
                        "lmtune generate smollm2 --input prompts.jsonl --output answers.jsonl "
                        "generate.max_new_tokens=64")
@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except Interrupted as e:  # a signal stopped training after a checkpoint
-        where = e.checkpoint.parent.parent if e.checkpoint else "RUN_DIR"
-        print(f"{e}\nresume with: lmtune resume {where}", file=sys.stderr)
+        if e.checkpoint:  # the rank that wrote it (the others hold no path)
+            print(f"{e}\nresume with: lmtune resume {e.checkpoint.parent.parent}",
+                  file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

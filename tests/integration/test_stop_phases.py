@@ -3,6 +3,7 @@ generated validation prompts, and between batches of the test pass. The run chec
 already has the checkpoint it needs), and resuming it ends exactly as an uninterrupted run."""
 import importlib
 import json
+import signal
 
 import pytest
 
@@ -73,3 +74,29 @@ def test_a_stop_during_the_test_pass_resumes_straight_to_the_test(
     testing["on"] = False
     train(load_config(out / "config.yaml", ["resume=true"]), progress=False)
     assert_same_run(ref, out)
+
+
+def test_sigterm_before_training_exits_at_once_and_writes_nothing(tiny_bert, tmp_path):
+    """Reading and tokenizing 200,000 rows takes many seconds; SIGTERM then ends the
+    process at once (no handler is installed before training), and no run dir exists yet:
+    it is created once the data is ready."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import sentiment_rows, write_csv
+
+    data = write_csv(tmp_path / "big.csv", sentiment_rows(200_000))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lmtune", "train", "--quiet",
+                             f"model={tiny_bert}", f"data.train={data}", f"output_dir={out}",
+                             "data.cache=false", "train.threads=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # imports, reading, tokenizing: training has not begun
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # the shell reports 143
+    assert time.monotonic() - sent < 3
+    assert not out.exists()
