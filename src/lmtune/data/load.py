@@ -125,14 +125,16 @@ def labeled(table: Table, data: DataConfig) -> LabeledSet:
         if label is None:
             label = label_set(cell, data.label_separator) if data.multi_label \
                 else label_name(cell)
-            if isinstance(cell, str) and label is not None:
-                named[cell] = names.setdefault(label, label)
+            if label is not None:
+                label = names.setdefault(label, label)
+                if isinstance(cell, str):
+                    named[cell] = label
         if label is None:
             raise LmtuneError(f"{table.loc(i)}: missing label in column {data.label_column!r}"
                               + (f" (a list, or names joined by {data.label_separator!r})"
                                  if data.multi_label and cell is not None else ""))
         texts.append(text)
-        labels.append(names.setdefault(label, label))
+        labels.append(label)
     return LabeledSet(table.source, texts, labels, table.locations())
 
 
