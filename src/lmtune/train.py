@@ -234,7 +234,10 @@ def stop_requested(s: Setup, stop: checkpoint.StopRequest) -> bool:
     if s.strategy.world > 1:
         flag = torch.tensor(asked, device=s.strategy.device)
         asked = float(s.strategy.reduce(flag, reduction="max"))
-    stop.signum = int(asked)  # 0 where only the hook asked
+    # Only ever set, never cleared: the signal may land while this rank waits in the
+    # reduction, after it said 0; assigning the agreed 0 would then drop it for good.
+    if asked >= 1 and not stop.signum:
+        stop.signum = int(asked)  # another rank's signal (the hook alone sets none)
     return asked > 0
 
 

@@ -77,26 +77,31 @@ def test_a_stop_during_the_test_pass_resumes_straight_to_the_test(
 
 
 def test_sigterm_before_training_exits_at_once_and_writes_nothing(tiny_bert, tmp_path):
-    """Reading and tokenizing 200,000 rows takes many seconds; SIGTERM then ends the
-    process at once (no handler is installed before training), and no run dir exists yet:
-    it is created once the data is ready."""
+    """SIGTERM while the data is read and tokenized ends the process at once (no handler is
+    installed before training), and no run dir exists yet: it is created once the data is
+    ready. The data comes through a named pipe, so the test knows the phase on any machine:
+    the signal goes the moment the last of 200,000 rows is written, while lmtune still has
+    them all to parse and tokenize (seconds of work)."""
+    import os
     import subprocess
     import sys
     import time
 
     from tests.conftest import sentiment_rows, write_csv
 
-    data = write_csv(tmp_path / "big.csv", sentiment_rows(200_000))
+    text = write_csv(tmp_path / "big.csv", sentiment_rows(200_000)).read_bytes()
+    pipe = tmp_path / "pipe.csv"
+    os.mkfifo(pipe)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "lmtune", "train", "--quiet",
-                             f"model={tiny_bert}", f"data.train={data}", f"output_dir={out}",
+                             f"model={tiny_bert}", f"data.train={pipe}", f"output_dir={out}",
                              "data.cache=false", "train.threads=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # imports, reading, tokenizing: training has not begun
-    assert proc.poll() is None
+    with open(pipe, "wb") as f:  # opens once lmtune opens the pipe to read it
+        f.write(text)
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGTERM  # the shell reports 143
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, stderr[-2000:]  # the shell reports 143
     assert time.monotonic() - sent < 3
     assert not out.exists()

@@ -211,3 +211,40 @@ def test_world_size_is_read_from_the_newest_valid_checkpoint(tmp_path):
     assert checkpoint.world_size(tmp_path) == 2
     (tmp_path / "step-000002" / "progress.json").write_text("{}")  # torn: hashes disagree
     assert checkpoint.world_size(tmp_path) == 1
+
+
+def test_a_signal_that_lands_during_the_ranks_agreement_is_kept(capsys):
+    """With several processes each poll is a max-reduction over the ranks. A SIGTERM that
+    arrives while this rank waits in it (after it said 0) must be honoured at the next poll,
+    not overwritten by the agreed 0: losing it let a validation pass run to its end."""
+    import signal
+    from types import SimpleNamespace
+
+    from lmtune.train import stop_requested
+
+    stop = checkpoint.StopRequest()
+
+    def reduce(flag, reduction):
+        assert reduction == "max"
+        if not stop.signum:
+            stop._handle(signal.SIGTERM, None)  # the signal lands mid-reduction
+        return flag  # the other rank said 0 too
+
+    s = SimpleNamespace(strategy=SimpleNamespace(world=2, device="cpu", reduce=reduce))
+    assert stop_requested(s, stop) is False  # this poll was already under way
+    assert stop_requested(s, stop) is True
+    assert stop.signum == signal.SIGTERM
+
+
+def test_another_ranks_signal_sets_this_ranks_exit_code():
+    import signal
+    from types import SimpleNamespace
+
+    import torch as t
+
+    from lmtune.train import stop_requested
+
+    stop = checkpoint.StopRequest()
+    s = SimpleNamespace(strategy=SimpleNamespace(
+        world=2, device="cpu", reduce=lambda flag, reduction: t.tensor(float(signal.SIGINT))))
+    assert stop_requested(s, stop) is True and stop.signum == signal.SIGINT
