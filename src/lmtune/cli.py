@@ -1,4 +1,4 @@
-"""`lmtune train | resume | check | report | eval | predict | generate | export`: a thin
+"""`lmtune train | resume | plan | check | report | eval | predict | generate | export`: a thin
 dispatcher.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmtune.cli_io import print_predictions, read_prompts, read_texts, write_jsonl
 from lmtune.errors import Interrupted, LmtuneError
+from lmtune.plan.command import add_plan_command
 
 DESCRIPTION = "lmtune: efficient fine-tuning of language models."
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "for several runs)")
 
     add_model_commands(sub, fmt)
+    add_plan_command(sub, fmt)
     return parser
 
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()  # before any matmul: oneDNN reads its settings once
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "check": cmd_check,
-                "report": cmd_report,
+                "report": cmd_report, "plan": lambda a: cmd_plan(a, config_of(a)),
                 "generate": cmd_generate, "predict": cmd_predict,
                 "export": cmd_export}[args.command](args)
     except LmtuneError as e:
@@ -194,6 +196,12 @@ def cmd_check(args) -> int:
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     return 1 if args.strict and problems else 0
+
+
+def cmd_plan(args, cfg) -> int:
+    from lmtune.plan.command import cmd_plan as run
+
+    return run(args, cfg)
 
 
 def cmd_report(args) -> int:

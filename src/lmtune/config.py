@@ -124,6 +124,9 @@ class TrainConfig:
                                 "default job scored higher without them")
     gradient_checkpointing: bool = opt(False, "recompute each layer's activations in the "
                                        "backward: less memory, slower steps")
+    memory_guard: bool = opt(True, "before loading the model, stop with the cheapest change "
+                             "that fits when the predicted peak memory is more than the "
+                             "memory available (see `lmtune plan`)")
     checkpoint_every: int = opt(0, "also checkpoint every N optimizer steps (0: only at "
                                 "epoch ends and on SIGTERM/SIGINT)")
     keep_checkpoints: int = opt(1, "keep the newest N checkpoints (plus the best one)")

@@ -53,6 +53,7 @@ class Setup:
     prompts: list | None = None  # validation conversations to generate from
     hooks: object | None = None  # what a method does between steps (`Method.hooks`)
     metric: str = "loss"  # the validation metric that picks the best model
+    prediction: dict | None = None  # the planner's peak memory and step time for this run
 
     @property
     def method(self) -> Method:
@@ -79,8 +80,11 @@ class Setup:
 
 
 def prepare(cfg: Config, train_table: Table | None = None,
-            logger: Logger | None = None) -> Setup:
-    """Build the run; `logger` also receives every metrics row (rank 0)."""
+            logger: Logger | None = None, guard=None) -> Setup:
+    """Build the run; `logger` also receives every metrics row (rank 0). `guard(cfg, task,
+    data, model_path, label_names, precision, world)` runs once the data is tokenized and
+    before the weights are loaded (the planner's out-of-memory check); what it returns, the
+    run's predicted peak memory and step time, goes into summary.json."""
     runtime.seed_everything(cfg.seed)
     precision = runtime.resolve_precision(cfg.train.precision)
     task, method = get_task(cfg.task).for_run(cfg), get_method(cfg.method)
@@ -90,26 +94,16 @@ def prepare(cfg: Config, train_table: Table | None = None,
     fit_positions(cfg, model_path)
     out = rundir.check_run_dir(cfg)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    model = load_pretrained(task.model_class, model_path, cfg.trust_remote_code,
-                            attention_impl(cfg.attention, runtime.device_type(),
-                                           task.eager_on_cpu),
-                            method.load_dtype, cfg.quantization, task.head_modules,
-                            **task.model_kwargs(raw))
-    data, report, data_warnings = encode_or_cached(cfg, task, raw, tokenizer, model.config,
+    model_config = load_model_config(model_path, cfg.trust_remote_code)
+    data, report, data_warnings = encode_or_cached(cfg, task, raw, tokenizer, model_config,
                                                    model_path)
     data = sample_validation(data, cfg.eval.max_samples, cfg.seed)
-    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
-        model.gradient_checkpointing_enable({"use_reentrant": False})
-    if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
-        set_dropout(model, cfg.train.dropout)
-    model = apply_method(model, cfg, task)
-    if task.no_dropout:  # the adapter's dropout too
-        set_dropout(model, 0.0)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise LmtuneError(f"method={cfg.method}: leaves no parameter of {cfg.model} to train")
-    if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
-        hold_frozen_linears_in_bf16(model)
     strategy = make_strategy(cfg.train, precision)
+    prediction = None
+    if guard is not None:  # before the weights are loaded: a hopeless run stops in seconds
+        prediction = guard(cfg, task, data, model_path, task.label_names(raw), precision,
+                           strategy.world)
+    model = build_model(cfg, task, model_path, precision, task.model_kwargs(raw))
     steps_per_epoch, total_steps = count_steps(cfg, len(data["train"]), strategy.world)
     model = strategy.shard(model)  # before the optimizer: sharding replaces parameters
     optimizer = build_optimizer(model, cfg.train, method.lr_scale(cfg) if method.lr_scale
@@ -139,7 +133,32 @@ def prepare(cfg: Config, train_table: Table | None = None,
     return Setup(cfg, task, task.label_names(raw), tokenizer, model, optimizer, scheduler,
                  strategy, data, precision, total_steps, steps_per_epoch, out, log, resumed,
                  vars(report) if report is not None else None, task.prompts(raw, cfg), hooks,
-                 task.metric_for(cfg, raw))
+                 task.metric_for(cfg, raw), prediction)
+
+
+def build_model(cfg: Config, task: Task, model_path: str, precision: str,
+                model_kwargs: dict) -> torch.nn.Module:
+    """Load the model as `cfg` trains it: the task's class, loaded as the method needs it,
+    dropout set, the method applied, frozen linears in bf16 under bf16 autocast. The
+    planner's measurements build it here too, so they measure what training holds."""
+    method = get_method(cfg.method)
+    model = load_pretrained(task.model_class, model_path, cfg.trust_remote_code,
+                            attention_impl(cfg.attention, runtime.device_type(),
+                                           task.eager_on_cpu),
+                            method.load_dtype, cfg.quantization, task.head_modules,
+                            **model_kwargs)
+    if cfg.train.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA)
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if cfg.train.dropout is not None:  # before the method: lora.dropout stays its own
+        set_dropout(model, cfg.train.dropout)
+    model = apply_method(model, cfg, task)
+    if task.no_dropout:  # the adapter's dropout too
+        set_dropout(model, 0.0)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LmtuneError(f"method={cfg.method}: leaves no parameter of {cfg.model} to train")
+    if precision == "bf16" and method.bf16_frozen:  # same matmul inputs, half the memory
+        hold_frozen_linears_in_bf16(model)
+    return model
 
 
 def encode_or_cached(cfg: Config, task, raw, tokenizer, model_config, model_path: str):
@@ -188,7 +207,7 @@ def fit_positions(cfg: Config, model_path: str) -> None:
                       f"{limit} positions {cfg.model} was trained with")
 
 
-def count_steps(cfg: Config, rows: int, world: int) -> tuple[int, int]:
+def count_steps(cfg: Config, rows: int, world: int, note: bool = True) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps): each process takes every world-th batch.
 
     `train.max_steps` if set; else `train.epochs` of steps, but at least `train.min_steps`:
@@ -201,7 +220,7 @@ def count_steps(cfg: Config, rows: int, world: int) -> tuple[int, int]:
     if tc.max_steps:
         return per_epoch, tc.max_steps
     by_epochs = math.ceil(tc.epochs * per_epoch)
-    if by_epochs < tc.min_steps:
+    if by_epochs < tc.min_steps and note:
         print(f"note: {rows:,} training rows make {by_epochs} optimizer steps in "
               f"{tc.epochs:g} epochs; training {tc.min_steps} steps "
               f"({tc.min_steps / per_epoch:.1f} epochs) as train.min_steps says",

@@ -23,7 +23,19 @@ def summary_json(s, r) -> dict:
             "best": {"step": r.best.get("step"), "metric": s.metric,
                      "value": r.best.get(s.metric)},
             "test": headline(s, r.test) if r.test is not None else None,
-            "peak_memory_mb": r.peak_memory_mb, "environment": runtime.environment()}
+            "peak_memory_mb": r.peak_memory_mb, "plan": plan_check(s, r),
+            "environment": runtime.environment()}
+
+
+def plan_check(s, r) -> dict | None:
+    """What the planner predicted for this run beside what it measured: every run checks
+    the memory and time model (`lmtune plan`)."""
+    if s.prediction is None:
+        return None
+    rows_per_step = s.cfg.train.batch_size * s.cfg.train.grad_accum * s.strategy.world
+    return {"predicted": s.prediction,
+            "measured": {"peak_memory_mb": r.peak_memory_mb,
+                         "seconds_per_step": rows_per_step / max(r.samples_per_second, 1e-9)}}
 
 
 def summary(s, r, model) -> str:

@@ -28,6 +28,7 @@ from lmtune.errors import Interrupted
 from lmtune.eval.batched import EvalStopped
 from lmtune.eval.generation import evaluate_generation
 from lmtune.models.io import save_model
+from lmtune.plan.guard import guard
 from lmtune.prepare import Setup, prepare
 from lmtune.summary import headline, summary, summary_json
 from lmtune.track import Logger
@@ -81,7 +82,7 @@ def train(cfg: Config, train_table: Table | None = None, progress: bool = True,
     the caller's afterwards.
     """
     with runtime.threads(cfg.train.threads):
-        setup = prepare(cfg, train_table, logger)
+        setup = prepare(cfg, train_table, logger, guard)
         try:
             state = fit(setup, progress, stop)
         except BaseException:  # stopped or failed: the logs end here (resume reopens them)

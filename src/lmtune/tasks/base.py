@@ -165,6 +165,23 @@ class Task:
         """The same for `lmtune eval`: `reference()` loads the model the run started from;
         None when that model itself is evaluated. Nothing by default."""
 
+    def synthetic_rows(self, rows: int, width: int, trained: int, vocab: int,
+                       n_labels: int) -> Encoded:
+        """`rows` random rows of `width` tokens, the last `trained` of each carrying the
+        loss, shaped as this task's encoding shapes them: what the planner's measurements
+        (`lmtune plan`) run through the model. By default language-model rows."""
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, vocab, (rows, width), generator=g).tolist()
+        mask = [[j >= width - trained for j in range(width)]] * rows
+        return Encoded(input_ids=ids, trained=mask, units=[trained] * rows)
+
+    def trained_tokens(self, data: Encoded, idx: list[int]) -> int:
+        """Tokens of rows `idx` that carry the loss (the language-model head projects only
+        those onto the vocabulary); 0 where the loss reads a label."""
+        if data.trained is None:
+            return 0
+        return sum(sum(data.trained[i]) for i in idx)
+
     # ---------------------------------------------------------------- the loss
 
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -106,6 +106,12 @@ class Classify(Task):
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return collate(data, idx, pad_id)
 
+    def synthetic_rows(self, rows: int, width: int, trained: int, vocab: int,
+                       n_labels: int) -> Encoded:
+        g = torch.Generator().manual_seed(0)
+        return Encoded(input_ids=torch.randint(1, vocab, (rows, width), generator=g).tolist(),
+                       labels=torch.randint(0, n_labels, (rows,), generator=g).tolist())
+
     def loss_sum(self, model, batch: dict[str, torch.Tensor], autocast) -> torch.Tensor:
         with autocast():
             logits = model(input_ids=batch["input_ids"],

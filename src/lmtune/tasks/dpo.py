@@ -30,6 +30,7 @@ from lmtune.config import Config, ConfigError
 from lmtune.data import templates
 from lmtune.data.lm import LMSplits, Report
 from lmtune.data.preference import PairEncoded, collate_pairs, encode_pairs, load_pairs
+from lmtune.errors import LmtuneError
 from lmtune.models.logprobs import sequence_logps
 from lmtune.tasks.base import EvalSettings, Task
 
@@ -89,6 +90,11 @@ class Dpo(Task):
 
     def decode_kind(self, tokenizer) -> str:
         return "chat"
+
+    def synthetic_rows(self, rows: int, width: int, trained: int, vocab: int,
+                       n_labels: int) -> Encoded:
+        raise LmtuneError("lmtune plan does not model task=dpo yet: its steps run two "
+                          "sequences per pair, and a reference pass before training")
 
     def collate(self, data: PairEncoded, idx: list[int], pad_id: int
                 ) -> dict[str, torch.Tensor]:

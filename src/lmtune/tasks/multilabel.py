@@ -91,6 +91,12 @@ class MultiLabel(Classify):
         data["train"].class_weights = self.class_weights(cfg, raw)
         return data, None
 
+    def synthetic_rows(self, rows: int, width: int, trained: int, vocab: int,
+                       n_labels: int) -> Encoded:
+        rows_ = super().synthetic_rows(rows, width, trained, vocab, n_labels)
+        rows_.labels = [[int(j == i % n_labels) for j in range(n_labels)] for i in range(rows)]
+        return rows_
+
     def loss_sum(self, model, batch: dict[str, torch.Tensor], autocast) -> torch.Tensor:
         from lmtune.eval.multilabel import bce_sum
 

@@ -55,6 +55,18 @@ class Seq2seq(Task):
     def collate(self, data: Encoded, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         return collate_seq2seq(data, idx, pad_id)
 
+    def synthetic_rows(self, rows: int, width: int, trained: int, vocab: int,
+                       n_labels: int) -> Encoded:
+        """`width` tokens in all: `trained` of them decoder targets, the rest the source."""
+        g = torch.Generator().manual_seed(0)
+        src = torch.randint(1, vocab, (rows, max(1, width - trained)), generator=g).tolist()
+        tgt = torch.randint(1, vocab, (rows, max(1, trained)), generator=g).tolist()
+        return Encoded(input_ids=src, decoder_ids=tgt, targets=tgt,
+                       units=[len(t) for t in tgt])
+
+    def trained_tokens(self, data: Encoded, idx: list[int]) -> int:
+        return sum(len(data.targets[i]) for i in idx)
+
     def loss_sum(self, model, batch: dict[str, torch.Tensor], autocast) -> torch.Tensor:
         with autocast():  # teacher forcing: the decoder reads the shifted targets
             logits = model(input_ids=batch["input_ids"],

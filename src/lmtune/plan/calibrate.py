@@ -1,0 +1,90 @@
+"""Calibrations: run `probe.py` for a model, method and precision on this machine, once,
+and keep the measurements under cache_dir/plan, keyed by everything that changes them
+(the machine, the library versions, the model's files, the settings a step depends on).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lmtune import runtime
+from lmtune.config import Config, cache_root
+from lmtune.data.cache import digest_model_files
+from lmtune.errors import LmtuneError
+from lmtune.plan.model import Calibration
+
+# Which settings of a run change what one step of a given shape costs (batch size, lengths,
+# epochs and the data do not: the probe's shapes are its own).
+STEP_KEYS = ("task", "method", "quantize", "attention", "trust_remote_code",
+             "train.precision", "train.dropout", "train.gradient_checkpointing",
+             "train.threads", "data.multi_label")
+# A probe's batches: rows x width tokens, at most about this many multiply-adds per
+# parameter, so a step of any model is a second or two on a laptop CPU.
+PROBE_TOKEN_BUDGET = 3e10
+
+
+def step_settings(cfg: Config) -> dict:
+    d = cfg.to_dict()
+    out = {}
+    for key in STEP_KEYS:
+        section, _, name = key.partition(".")
+        out[key] = d[section][name] if name else d[section]
+    out["method_settings"] = [d["lora"], d["freeze"], d["prompt"]]
+    return out
+
+
+def machine() -> dict:
+    env = runtime.environment()
+    return {k: env.get(k) for k in ("cpu", "cores", "bf16", "gpu", "torch", "transformers",
+                                    "peft", "lmtune")}
+
+
+def calibration_key(cfg: Config, model_path: str, labels: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([machine(), step_settings(cfg), labels], sort_keys=True,
+                        default=str).encode())
+    digest_model_files(model_path, h)
+    return h.hexdigest()
+
+
+def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
+    """(rows, width, trained tokens per row) for the probe: two widths, two batch sizes,
+    and a quarter of the tokens trained besides all of them (a language-model loss)."""
+    w1, w2 = min(64, max_width), min(128, max_width)
+    per = PROBE_TOKEN_BUDGET / max(params, 1) / w2
+    rows = min(16, max(2, 1 << int(max(per, 1)).bit_length() - 1))
+    half = rows // 2
+    return [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
+            (rows, w2, w2)]
+
+
+def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
+    path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+    try:
+        return Calibration.from_probe(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def calibrate(cfg: Config, model_path: str, label_names: list[str] | None, params: int,
+              max_width: int) -> Calibration:
+    """Measure (in a child process, a few training steps) and keep the result."""
+    labels = len(label_names or [])
+    path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+    spec = {"config": cfg.to_dict(), "model_path": model_path, "label_names": label_names,
+            "points": probe_points(params, max_width)}
+    done = subprocess.run([sys.executable, "-m", "lmtune.plan.probe"], input=json.dumps(spec),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise LmtuneError(f"plan: measuring method={cfg.method} failed:\n{tail}")
+    out = json.loads(done.stdout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, path)
+    return Calibration.from_probe(out)

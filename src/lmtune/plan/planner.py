@@ -1,0 +1,166 @@
+"""`lmtune plan`: for each candidate method, the predicted peak memory, seconds per step,
+whole-run time and checkpoint size of the configured run on this machine, and which method
+to use.
+
+    config → the data, tokenized as training tokenizes it (and cached for it)
+           → per method: parameters (meta device), a calibration (measured once, cached)
+           → the run's own batches through the fitted model (plan/model.py)
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+
+from lmtune import runtime
+from lmtune.config import Config
+from lmtune.data.collate import Encoded
+from lmtune.plan.calibrate import cached, calibrate
+from lmtune.plan.model import (Batch, Calibration, encoded_mb, eval_shapes, train_batches)
+from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
+
+
+@dataclass
+class Row:
+    method: str
+    trainable_params: int
+    peak_memory_mb: float
+    seconds_per_step: float | None  # None: not measured on this machine yet
+    total_seconds: float | None
+    checkpoint_mb: float
+    fits: bool
+    calibrated: bool
+
+
+@dataclass
+class RunShape:
+    """The configured run, counted once for every method: its batches and passes."""
+
+    batches: list[Batch]  # the first epoch's micro-batches
+    steps: int
+    validations: int
+    val: list[Batch]
+    test: list[Batch]
+    data_mb: float
+    tokenize_seconds: float
+    max_width: int
+
+
+def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
+              tokenize_seconds: float) -> RunShape:
+    from lmtune.prepare import count_steps
+
+    tc = cfg.train
+    batches = train_batches(task, data["train"], tc.batch_size, cfg.seed, tc.group_by_length)
+    per_epoch, steps = count_steps(cfg, len(data["train"]), world, note=False)
+    if steps < per_epoch:  # a short run meets only its first batches
+        batches = batches[:steps * tc.grad_accum * world]
+    every = tc.eval_every
+    validations = steps // every + (steps % every > 0) if every else math.ceil(steps / per_epoch)
+    split = lambda name: eval_shapes(task, data[name], cfg.eval.batch_size) \
+        if name in data else []  # noqa: E731
+    return RunShape(batches, steps, validations, split("validation"), split("test"),
+                    encoded_mb(data), tokenize_seconds,
+                    max(b.width for b in batches))
+
+
+def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | None,
+            available: float) -> Row:
+    """One method's row: measured coefficients where a calibration exists, else the
+    parameter count with fixed per-token sizes (memory only)."""
+    best_mb = 4 * shape.trainable / MB  # the copy of the best weights, kept from validation on
+    if cal is not None:
+        step_mb = max(cal.step_mb(b.rows, b.width, b.trained) for b in run.batches)
+        peak = cal.rest_mb + run.data_mb + best_mb + step_mb
+    else:
+        rests, steps = zip(*(analytic_mb(shape, b.rows, b.width, b.trained)
+                             for b in run.batches))
+        peak = rests[0] + run.data_mb + best_mb + max(steps)
+    seconds = total = None
+    if cal is not None:
+        accum = cfg.train.grad_accum
+        per_batch = [cal.backward(b.rows, b.width, b.trained) for b in run.batches]
+        steps_in_epoch = max(1, math.ceil(len(per_batch) / accum))
+        seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
+        passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
+        test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
+        total = (run.tokenize_seconds + cal.load_seconds + run.steps * seconds
+                 + run.validations * passes + test)
+    adapter_mb = 12 * shape.trainable / MB  # weights and AdamW's two moments
+    return Row(cfg.method, shape.trainable, peak, seconds, total, adapter_mb,
+               peak <= available, cal is not None)
+
+
+def candidates(cfg: Config) -> list[str]:
+    """The methods compared by default: full, the main adapters and the cheap ones, where
+    they suit the task."""
+    from lmtune.errors import LmtuneError
+
+    out = []
+    for name in ("full", "lora", "dora", "ia3", "freeze", "bitfit"):
+        try:
+            method_config(cfg, name)
+        except LmtuneError:  # the method's own checks refuse this task or model
+            continue
+        out.append(name)
+    return out
+
+
+def recommend(rows: list[Row], available: float) -> tuple[str | None, str]:
+    """The method to use, and why: full fine-tuning where it fits with a fifth of the memory
+    to spare (it trains every weight); else the fitting adapter of least memory."""
+    fits = [r for r in rows if r.fits]
+    if not fits:
+        return None, (f"no method fits in {available:,.0f} MB; lower train.batch_size (with "
+                      "train.grad_accum to keep the effective batch), set "
+                      "train.gradient_checkpointing=true or a shorter train.max_length")
+    full = next((r for r in fits if r.method == "full"), None)
+    if full is not None and full.peak_memory_mb <= 0.8 * available:
+        return "full", (f"full fine-tuning fits with {available - full.peak_memory_mb:,.0f} "
+                        "MB to spare; it trains every weight")
+    best = min(fits, key=lambda r: (r.peak_memory_mb, r.total_seconds or 0))
+    return best.method, (f"{best.method} needs the least memory of the methods that fit "
+                         f"({best.peak_memory_mb:,.0f} of {available:,.0f} MB)")
+
+
+def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
+              label_names: list[str] | None, methods: list[str], measure: bool,
+              tokenize_seconds: float, say=print) -> dict:
+    """The plan as `--json` writes it."""
+    precision = runtime.resolve_precision(cfg.train.precision)
+    run = run_shape(cfg, task, data, 1, tokenize_seconds)
+    available = available_mb()
+    rows = []
+    for name in methods:
+        mcfg = method_config(cfg, name)
+        shape = model_shape(mcfg, task, model_path, label_names, precision)
+        cal = None if measure else cached(mcfg, model_path, len(label_names or []))
+        if cal is None:
+            rest, step = analytic_mb(shape, 2, 128, 128)
+            if rest + step > available:  # the model alone would not fit: nothing to measure
+                say(f"plan: {name}: the weights alone need about {rest:,.0f} MB; not measured")
+            else:
+                say(f"plan: measuring {name} on this machine (once; kept for later plans)")
+                began = time.perf_counter()
+                cal = calibrate(mcfg, model_path, label_names, shape.total, run.max_width)
+                say(f"plan: measured {name} in {time.perf_counter() - began:.0f} s")
+        rows.append(predict(mcfg, run, shape, cal, available))
+    chosen, why = recommend(rows, available)
+    return {"hardware": runtime.environment() | {"available_mb": round(available),
+                                                  "precision": precision},
+            "run": {"steps": run.steps, "validations": run.validations,
+                    "train_rows": sum(b.rows for b in run.batches),
+                    "batch_size": cfg.train.batch_size, "longest_batch_width": run.max_width,
+                    "data_mb": round(run.data_mb, 1),
+                    "tokenize_seconds": round(run.tokenize_seconds, 2)},
+            "rows": [asdict(r) for r in rows], "recommended": chosen, "why": why}
+
+
+def method_config(cfg: Config, method: str) -> Config:
+    """`cfg` with another method (its own default learning rate, the rest kept)."""
+    from lmtune.methods import METHODS
+
+    if method == cfg.method:
+        return cfg
+    train = replace(cfg.train, lr=METHODS[method].default_lr)
+    return replace(cfg, method=method, train=train, quantize="none")

@@ -1,0 +1,121 @@
+"""The planner's measurements: a few training steps of the run's own model, method and
+precision on synthetic batches of chosen shapes, in a child process.
+
+    python -m lmtune.plan.probe < spec.json > result.json
+
+The child builds the model exactly as `lmtune train` does (`prepare.build_model`), with the
+same optimizer, distribution strategy (one process) and task loss, so what it measures is
+what training holds: the process at rest with the model and optimizer state, and for each
+batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
+forward pass alone (evaluation), and the memory a step adds on top of the rest.
+
+It runs in its own process because peak memory can only be read per process, and so the
+planner's own process never holds the weights. Step memory is measured after the timings,
+each shape from a trimmed heap (`runtime.release_free_memory`) and a reset peak: then the
+memory a step adds is what it allocates, not what earlier shapes left behind.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from types import SimpleNamespace
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """The process's resident memory (VmRSS) or its peak since the last reset (VmHWM)."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    from lmtune import runtime
+
+    runtime.configure_process()
+    import torch
+
+    import lmtune.train  # noqa: F401 - everything a training process imports
+    from lmtune.config import Config
+    from lmtune.distributed import make_strategy
+    from lmtune.methods import get_method
+    from lmtune.models.load import load_tokenizer
+    from lmtune.optim import build_optimizer
+    from lmtune.prepare import build_model
+    from lmtune.tasks import get_task
+    from lmtune.typed_yaml import build
+
+    cfg = build(Config, spec["config"], "", {})
+    task = get_task(cfg.task).for_run(cfg)
+    precision = runtime.resolve_precision(cfg.train.precision)
+    runtime.seed_everything(cfg.seed)
+    out: dict = {"imports_mb": rss_mb()}
+    with runtime.threads(cfg.train.threads or runtime.default_threads()):
+        tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
+        began = time.perf_counter()
+        kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
+        model = build_model(cfg, task, spec["model_path"], precision, kwargs)
+        out["load_seconds"] = time.perf_counter() - began
+        method = get_method(cfg.method)
+        strategy = make_strategy(cfg.train, precision)
+        optimizer = build_optimizer(model, cfg.train,
+                                    method.lr_scale(cfg) if method.lr_scale else None)
+        model = strategy.wrap(model, optimizer)
+        model.train()
+        vocab = model.get_input_embeddings().num_embeddings
+        pad = tokenizer.pad_token_id or 0
+        labels = max(1, len(spec["label_names"] or []))
+
+        def batch(b: int, w: int, trained: int):
+            rows = task.synthetic_rows(b, w, trained, vocab, labels)
+            return task.batch(rows, list(range(b)), pad, strategy.device)
+
+        def step(data) -> tuple[float, float]:
+            began = time.perf_counter()
+            strategy.backward(task.loss_sum(model, data, lambda: runtime.autocast(precision)))
+            middle = time.perf_counter()
+            strategy.step()
+            return middle - began, time.perf_counter() - middle
+
+        def forward(data) -> float:
+            began = time.perf_counter()
+            model.eval()
+            with torch.inference_mode():
+                task.loss_sum(model, data, lambda: runtime.autocast(precision))
+            model.train()
+            return time.perf_counter() - began
+
+        points = [tuple(p) for p in spec["points"]]
+        step(batch(*points[0]))  # the optimizer's state exists from the first update on
+        out["rest_mb"] = rss_mb()
+        out["points"] = []
+        for p in points:
+            data = batch(*p)
+            step(data)  # warm: the kernels of this shape are built
+            runs = [step(data) for _ in range(spec.get("repeats", 2))]
+            out["points"].append({"rows": p[0], "width": p[1], "trained": p[2],
+                                  "backward_seconds": min(r[0] for r in runs),
+                                  "update_seconds": min(r[1] for r in runs),
+                                  "forward_seconds": min(forward(data) for _ in range(2))})
+        for row, p in zip(out["points"], points):
+            data = batch(*p)
+            runtime.release_free_memory()  # what earlier shapes left in the heap goes back
+            before = rss_mb()
+            reset_peak()
+            step(data)
+            row["step_mb"] = rss_mb("VmHWM") - before
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""What the planner knows before anything is measured: the machine's memory, and the
+model's parameters under a method, counted on a model built on torch's meta device (the
+config's shapes, no weights allocated or read)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from lmtune.config import Config
+
+MB = 2**20
+# Without a calibration (the guard before a first `lmtune plan`), a step's activations are
+# taken as this many bytes per token, hidden unit and layer, and each trained position's
+# logits, softmax and their gradients as this many bytes per vocabulary entry: the fit
+# issue 19 reports for SmolLM2 LoRA in bf16 without gradient checkpointing.
+ACTIVATION_BYTES = 118
+LOGIT_BYTES = 14.5
+IMPORTS_MB = 300  # python, torch, transformers, peft and lmtune imported
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    total: int  # parameters
+    trainable: int
+    weight_mb: float  # as held in training (fp32 masters, bf16 frozen linears, quantized)
+    layers: int
+    hidden: int
+    vocab: int
+    lm_head: bool  # the loss projects trained positions onto the vocabulary
+
+
+def available_mb() -> float:
+    """Memory a new process may use: MemAvailable, or less where a cgroup limit says so;
+    on a GPU, its free memory."""
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0] / MB
+    avail = float("inf")
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            avail = next(int(x.split()[1]) / 1024 for x in f if x.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max", encoding="utf-8").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current", encoding="utf-8").read())
+        if limit != "max":
+            avail = min(avail, (int(limit) - used) / MB)
+    except (OSError, ValueError):
+        pass
+    return avail if avail != float("inf") else (os.sysconf("SC_PAGE_SIZE")
+                                                 * os.sysconf("SC_PHYS_PAGES") / MB)
+
+
+def model_shape(cfg: Config, task, model_path: str, label_names: list[str] | None,
+                precision: str) -> ModelShape:
+    """Count the parameters of the model `cfg` trains, built on the meta device."""
+    import transformers
+
+    from lmtune.methods import apply_method, get_method
+    from lmtune.models.load import load_model_config
+    from lmtune.models.params import hold_frozen_linears_in_bf16
+
+    config = load_model_config(model_path, cfg.trust_remote_code)
+    kwargs = task.model_kwargs(SimpleNamespace(label_names=label_names or []))
+    for key, value in kwargs.items():
+        if key != "ignore_mismatched_sizes":
+            setattr(config, key, value)
+    with torch.device("meta"):
+        model = getattr(transformers, task.model_class).from_config(
+            config, trust_remote_code=cfg.trust_remote_code)
+        model = apply_method(model, cfg, task)
+    if precision == "bf16" and get_method(cfg.method).bf16_frozen:
+        hold_frozen_linears_in_bf16(model)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    weight = sum(p.numel() * p.element_size() for p in model.parameters())
+    quantized = {"int8": 1.0, "nf4": 0.53}.get(cfg.quantization)
+    if quantized:  # the frozen linears shrink to 8 or ~4.25 bits (NF4 blocks and scales)
+        frozen = sum(m.weight.numel() for m in model.modules()
+                     if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+        weight -= frozen * (model.dtype.itemsize - quantized)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return ModelShape(total, trainable, weight / MB,
+                      getattr(text, "num_hidden_layers", 1), getattr(text, "hidden_size", 1),
+                      getattr(text, "vocab_size", 1), not task.labels)
+
+
+def analytic_mb(shape: ModelShape, rows: int, width: int, trained: int) -> tuple[float, float]:
+    """(memory at rest, a step's memory) where nothing was measured: weights and AdamW's
+    two moments at rest; the gradients, the activations and the logits in a step."""
+    rest = IMPORTS_MB + shape.weight_mb + 8 * shape.trainable / MB
+    step = (4 * shape.trainable + ACTIVATION_BYTES * rows * width * shape.hidden * shape.layers
+            + (LOGIT_BYTES * trained * shape.vocab if shape.lm_head else 0)) / MB
+    return rest, step
