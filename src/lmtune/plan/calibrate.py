@@ -22,9 +22,11 @@ from lmtune.plan.model import Calibration
 STEP_KEYS = ("task", "method", "quantize", "attention", "trust_remote_code",
              "train.precision", "train.dropout", "train.gradient_checkpointing",
              "train.threads", "data.multi_label")
-# A probe's batches: rows x width tokens, at most about this many multiply-adds per
-# parameter, so a step of any model is a second or two on a laptop CPU.
-PROBE_TOKEN_BUDGET = 3e10
+# A probe's largest batch holds about this many parameter-tokens (4,096 tokens for MiniLM,
+# 512 for SmolLM2): near the batches runs use, so the fit extrapolates little (per-token
+# costs grow once activations outgrow the CPU's caches), and a step of either takes a few
+# seconds on a laptop CPU.
+PROBE_TOKEN_BUDGET = 1e11
 
 
 def step_settings(cfg: Config) -> dict:
@@ -56,7 +58,7 @@ def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
     and a quarter of the tokens trained besides all of them (a language-model loss)."""
     w1, w2 = min(64, max_width), min(128, max_width)
     per = PROBE_TOKEN_BUDGET / max(params, 1) / w2
-    rows = min(16, max(2, 1 << int(max(per, 1)).bit_length() - 1))
+    rows = min(32, max(2, 1 << int(max(per, 1)).bit_length() - 1))
     half = rows // 2
     return [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
             (rows, w2, w2)]
@@ -72,6 +74,8 @@ def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
 
 def calibrate(cfg: Config, model_path: str, label_names: list[str] | None, params: int,
               max_width: int) -> Calibration:
+    """`max_width`: the model's positions (the probe's shapes are the same for every run of
+    this model, so one calibration serves them all)."""
     """Measure (in a child process, a few training steps) and keep the result."""
     labels = len(label_names or [])
     path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"

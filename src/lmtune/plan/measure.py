@@ -12,9 +12,9 @@ from pathlib import Path
 from lmtune.config import Config, config_yaml
 from lmtune.plan.planner import method_config
 
-# A short run that still validates once in the middle, so the steps after it hold the copy
+# A short run (16 steps) that still validates once in the middle, so the steps after it hold the copy
 # of the best weights as a long run does; validation itself kept short.
-MEASURE_SETTINGS = ["train.max_steps=8", "train.eval_every=4", "train.log_every=1",
+MEASURE_SETTINGS = ["train.max_steps=16", "train.eval_every=8", "train.log_every=1",
                     "eval.max_samples=64", "eval.generate_samples=0", "overwrite=true"]
 
 
@@ -30,7 +30,9 @@ def measure_run(cfg: Config, extra: list[str] = (), threads: int | None = None) 
             tail = "\n".join(done.stderr.strip().splitlines()[-3:])
             return {"error": f"lmtune train exited {done.returncode}: {tail}"}
         check = json.loads((Path(tmp) / "run" / "summary.json").read_text())["plan"]
-    p, m = check["predicted"], check["measured"]
+        seconds = step_seconds(Path(tmp) / "run" / "metrics.jsonl",
+                               cfg.train.batch_size * cfg.train.grad_accum)
+    p, m = check["predicted"], check["measured"] | {"seconds_per_step": seconds}
     out = {"predicted_peak_mb": p["peak_memory_mb"], "peak_memory_mb": m["peak_memory_mb"],
            "memory_error": p["peak_memory_mb"] / m["peak_memory_mb"] - 1,
            "calibrated": p["calibrated"], "predicted_seconds": p["seconds_per_step"],
@@ -38,6 +40,15 @@ def measure_run(cfg: Config, extra: list[str] = (), threads: int | None = None) 
     if p["seconds_per_step"] is not None:
         out["time_error"] = p["seconds_per_step"] / m["seconds_per_step"] - 1
     return out
+
+
+def step_seconds(metrics: Path, rows_per_step: int) -> float:
+    """Mean seconds of the training steps after the first (which also builds the first
+    shape's kernels and the optimizer's state), from the per-step log rows."""
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    steps = [rows_per_step / r["samples_per_s"] for r in rows
+             if "samples_per_s" in r and r["step"] > 1]
+    return sum(steps) / len(steps)
 
 
 def measure_rows(cfg: Config, methods: list[str], plan: dict) -> list[dict]:

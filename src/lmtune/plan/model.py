@@ -14,9 +14,10 @@ shapes (`probe.py`); the prediction walks the run's own batches.
 
 Peak memory of a training process:
 
-    peak = rest (process with model and optimizer state, measured)
-         + the tokenized data + the copy of the best trainable weights
-         + the largest step's memory (fitted)
+    peak = the process once its data is read and tokenized (its RSS then, measured)
+         + the model and the optimizer's state (measured)
+         + the copy of the best trainable weights
+         + the largest of: a step's memory (fitted), a checkpoint's copies (planner.py)
 """
 from __future__ import annotations
 
@@ -45,23 +46,43 @@ def features(rows: int, width: int, trained: int) -> list[float]:
 
 
 def fit(points: list[dict], key: str) -> Fit:
-    """Least squares of `key` over the points, each coefficient kept >= 0 (a feature whose
-    best weight is negative is noise at these sizes: it is dropped and the rest refitted),
-    weighted by 1/value so the small shapes count as much as the large ones."""
+    """Least squares of `key` over the points, weighted by 1/value so the small shapes count
+    as much as the large ones, every coefficient kept >= 0. The fixed and per-token terms
+    are always fitted; the square and vocabulary terms only where they vary and earn their
+    place (the smallest Bayesian information criterion): five points cannot carry four free
+    terms, and a spurious one ruins the extrapolation to a run's larger batches."""
+    import itertools
+
     x = np.array([features(p["rows"], p["width"], p["trained"]) for p in points])
     y = np.array([p[key] for p in points], dtype=float)
     w = 1.0 / np.maximum(np.abs(y), 1e-9)
-    keep = [i for i in range(x.shape[1]) if np.any(x[:, i] != x[0, i]) or i == 0]
+    optional = [i for i in (2, 3) if np.ptp(x[:, i]) > 0]
+    best = None
+    for k in range(len(optional) + 1):
+        for extra in itertools.combinations(optional, k):
+            coef, rss = _nonnegative(x, y, w, [0, 1, *extra])
+            score = len(y) * np.log(max(rss, 1e-300) / len(y)) \
+                + (2 + len(extra)) * np.log(len(y))
+            if best is None or score < best[0]:
+                best = (score, coef)
+    return Fit(best[1])
+
+
+def _nonnegative(x, y, w, keep: list[int]) -> tuple[tuple[float, ...], float]:
+    """Weighted least squares on the columns `keep`; a column whose weight comes out
+    negative is dropped and the rest refitted. (coefficients, weighted residual sum)."""
+    keep = list(keep)
     while True:
         sol, *_ = np.linalg.lstsq(x[:, keep] * w[:, None], y * w, rcond=None)
         bad = [k for k, s in zip(keep, sol) if s < 0]
         if not bad:
             break
-        keep = [k for k in keep if k != bad[0]]
+        keep.remove(bad[0])
     coef = [0.0] * x.shape[1]
     for k, s in zip(keep, sol):
         coef[k] = float(s)
-    return Fit(tuple(coef))
+    rss = float(np.sum(((x @ np.array(coef) - y) * w) ** 2))
+    return tuple(coef), rss
 
 
 @dataclass(frozen=True)
@@ -69,7 +90,7 @@ class Calibration:
     """What `probe.py` measured for one model, method and precision on this machine,
     fitted."""
 
-    rest_mb: float  # the process at rest: imports, tokenizer, model, optimizer state
+    model_mb: float  # what the model and the optimizer's state add to the process
     load_seconds: float
     step_mb: Fit
     backward: Fit  # seconds of one micro-batch's forward + backward
@@ -79,7 +100,8 @@ class Calibration:
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
         pts = out["points"]
-        return cls(out["rest_mb"], out["load_seconds"], fit(pts, "step_mb"),
+        return cls(out["rest_mb"] - out["before_model_mb"], out["load_seconds"],
+                   fit(pts, "step_mb"),
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
                    float(np.median([p["update_seconds"] for p in pts])))
 
@@ -108,26 +130,3 @@ def eval_shapes(task, data, batch_size: int) -> list[Batch]:
     lengths = data.lengths()
     return [Batch(len(b), padded(max(lengths[i] for i in b)), task.trained_tokens(data, b))
             for b in eval_batches(lengths, batch_size)]
-
-
-def encoded_mb(data: dict) -> float:
-    """Resident size of tokenized splits, from a sample of 200 rows per field: numpy rows
-    count their buffer, Python lists their slots and the int objects past the 256 that
-    Python shares (bools are shared too)."""
-    import sys
-
-    def row_bytes(r) -> int:
-        if not isinstance(r, list):
-            return sys.getsizeof(r)
-        return sys.getsizeof(r) + sum(sys.getsizeof(x) for x in r
-                                      if type(x) is int and not -5 <= x <= 256)
-
-    total = 0
-    for enc in data.values():
-        for name in enc.ROWS:
-            rows = getattr(enc, name, None)
-            if not rows:
-                continue
-            sample = rows[: min(len(rows), 200)]
-            total += 56 + 8 * len(rows) + sum(map(row_bytes, sample)) / len(sample) * len(rows)
-    return total / 2**20

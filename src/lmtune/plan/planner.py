@@ -16,7 +16,8 @@ from lmtune import runtime
 from lmtune.config import Config
 from lmtune.data.collate import Encoded
 from lmtune.plan.calibrate import cached, calibrate
-from lmtune.plan.model import (Batch, Calibration, encoded_mb, eval_shapes, train_batches)
+from lmtune.plan.probe import rss_mb
+from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
 from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
 
 
@@ -41,7 +42,8 @@ class RunShape:
     validations: int
     val: list[Batch]
     test: list[Batch]
-    data_mb: float
+    base_mb: float  # the process once the data is read and tokenized: RSS
+    peak_so_far_mb: float  # and its peak until then (reading and tokenizing)
     tokenize_seconds: float
     max_width: int
 
@@ -60,7 +62,7 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
     split = lambda name: eval_shapes(task, data[name], cfg.eval.batch_size) \
         if name in data else []  # noqa: E731
     return RunShape(batches, steps, validations, split("validation"), split("test"),
-                    encoded_mb(data), tokenize_seconds,
+                    rss_mb(), runtime.peak_memory_mb(), tokenize_seconds,
                     max(b.width for b in batches))
 
 
@@ -69,13 +71,18 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
     """One method's row: measured coefficients where a calibration exists, else the
     parameter count with fixed per-token sizes (memory only)."""
     best_mb = 4 * shape.trainable / MB  # the copy of the best weights, kept from validation on
+    # A checkpoint copies the trainable weights and serializes each file in memory first
+    # (safetensors): twice their size, while the optimizer state and that copy are held.
+    save_mb = 8 * shape.trainable / MB
     if cal is not None:
         step_mb = max(cal.step_mb(b.rows, b.width, b.trained) for b in run.batches)
-        peak = cal.rest_mb + run.data_mb + best_mb + step_mb
+        model_mb = cal.model_mb
     else:
-        rests, steps = zip(*(analytic_mb(shape, b.rows, b.width, b.trained)
-                             for b in run.batches))
-        peak = rests[0] + run.data_mb + best_mb + max(steps)
+        models, steps = zip(*(analytic_mb(shape, b.rows, b.width, b.trained)
+                              for b in run.batches))
+        model_mb, step_mb = models[0], max(steps)
+    peak = max(run.peak_so_far_mb,
+               run.base_mb + model_mb + best_mb + max(step_mb, save_mb))
     seconds = total = None
     if cal is not None:
         accum = cfg.train.grad_accum
@@ -136,13 +143,14 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
         shape = model_shape(mcfg, task, model_path, label_names, precision)
         cal = None if measure else cached(mcfg, model_path, len(label_names or []))
         if cal is None:
-            rest, step = analytic_mb(shape, 2, 128, 128)
-            if rest + step > available:  # the model alone would not fit: nothing to measure
-                say(f"plan: {name}: the weights alone need about {rest:,.0f} MB; not measured")
+            model_mb, step = analytic_mb(shape, 2, 128, 128)
+            if run.base_mb + model_mb + step > available:  # the model alone would not fit: nothing to measure
+                say(f"plan: {name}: the model alone needs about {model_mb:,.0f} MB; not "
+                    "measured")
             else:
                 say(f"plan: measuring {name} on this machine (once; kept for later plans)")
                 began = time.perf_counter()
-                cal = calibrate(mcfg, model_path, label_names, shape.total, run.max_width)
+                cal = calibrate(mcfg, model_path, label_names, shape.total, shape.positions)
                 say(f"plan: measured {name} in {time.perf_counter() - began:.0f} s")
         rows.append(predict(mcfg, run, shape, cal, available))
     chosen, why = recommend(rows, available)
@@ -151,7 +159,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
             "run": {"steps": run.steps, "validations": run.validations,
                     "train_rows": sum(b.rows for b in run.batches),
                     "batch_size": cfg.train.batch_size, "longest_batch_width": run.max_width,
-                    "data_mb": round(run.data_mb, 1),
+                    "process_mb": round(run.base_mb, 1),
                     "tokenize_seconds": round(run.tokenize_seconds, 2)},
             "rows": [asdict(r) for r in rows], "recommended": chosen, "why": why}
 

@@ -5,7 +5,7 @@ precision on synthetic batches of chosen shapes, in a child process.
 
 The child builds the model exactly as `lmtune train` does (`prepare.build_model`), with the
 same optimizer, distribution strategy (one process) and task loss, so what it measures is
-what training holds: the process at rest with the model and optimizer state, and for each
+what training holds: the memory the model and the optimizer's state add, and for each
 batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
 forward pass alone (evaluation), and the memory a step adds on top of the rest.
 
@@ -23,12 +23,18 @@ from types import SimpleNamespace
 
 
 def rss_mb(field: str = "VmRSS") -> float:
-    """The process's resident memory (VmRSS) or its peak since the last reset (VmHWM)."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"/proc/self/status has no {field}")
+    """The process's resident memory (VmRSS) or its peak since the last reset (VmHWM);
+    without Linux's /proc, the peak so far (an upper bound of either)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    from lmtune.runtime import peak_memory_mb
+
+    return peak_memory_mb()
 
 
 def reset_peak() -> None:
@@ -58,9 +64,10 @@ def main() -> int:
     task = get_task(cfg.task).for_run(cfg)
     precision = runtime.resolve_precision(cfg.train.precision)
     runtime.seed_everything(cfg.seed)
-    out: dict = {"imports_mb": rss_mb()}
+    out: dict = {}
     with runtime.threads(cfg.train.threads or runtime.default_threads()):
         tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
+        out["before_model_mb"] = rss_mb()
         began = time.perf_counter()
         kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
         model = build_model(cfg, task, spec["model_path"], precision, kwargs)
@@ -77,7 +84,8 @@ def main() -> int:
 
         def batch(b: int, w: int, trained: int):
             rows = task.synthetic_rows(b, w, trained, vocab, labels)
-            return task.batch(rows, list(range(b)), pad, strategy.device)
+            idx = list(range(b))
+            return task.batch(rows, idx, pad, strategy.device), task.trained_tokens(rows, idx)
 
         def step(data) -> tuple[float, float]:
             began = time.perf_counter()
@@ -95,19 +103,19 @@ def main() -> int:
             return time.perf_counter() - began
 
         points = [tuple(p) for p in spec["points"]]
-        step(batch(*points[0]))  # the optimizer's state exists from the first update on
+        step(batch(*points[0])[0])  # the optimizer's state exists from the first update on
         out["rest_mb"] = rss_mb()
         out["points"] = []
         for p in points:
-            data = batch(*p)
+            data, trained = batch(*p)
             step(data)  # warm: the kernels of this shape are built
-            runs = [step(data) for _ in range(spec.get("repeats", 2))]
-            out["points"].append({"rows": p[0], "width": p[1], "trained": p[2],
+            runs = [step(data) for _ in range(spec.get("repeats", 3))]
+            out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
                                   "backward_seconds": min(r[0] for r in runs),
                                   "update_seconds": min(r[1] for r in runs),
                                   "forward_seconds": min(forward(data) for _ in range(2))})
         for row, p in zip(out["points"], points):
-            data = batch(*p)
+            data = batch(*p)[0]
             runtime.release_free_memory()  # what earlier shapes left in the heap goes back
             before = rss_mb()
             reset_peak()

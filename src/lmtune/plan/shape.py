@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from lmtune.config import Config
+from lmtune.errors import LmtuneError
 
 MB = 2**20
 # Without a calibration (the guard before a first `lmtune plan`), a step's activations are
@@ -18,7 +19,6 @@ MB = 2**20
 # issue 19 reports for SmolLM2 LoRA in bf16 without gradient checkpointing.
 ACTIVATION_BYTES = 118
 LOGIT_BYTES = 14.5
-IMPORTS_MB = 300  # python, torch, transformers, peft and lmtune imported
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ModelShape:
     hidden: int
     vocab: int
     lm_head: bool  # the loss projects trained positions onto the vocabulary
+    positions: int  # the longest input the model takes
 
 
 def available_mb() -> float:
@@ -71,7 +72,12 @@ def model_shape(cfg: Config, task, model_path: str, label_names: list[str] | Non
     with torch.device("meta"):
         model = getattr(transformers, task.model_class).from_config(
             config, trust_remote_code=cfg.trust_remote_code)
-        model = apply_method(model, cfg, task)
+        try:
+            model = apply_method(model, cfg, task)
+        except LmtuneError:
+            raise
+        except Exception:  # noqa: BLE001 - a method whose set-up reads values (BOFT):
+            model.requires_grad_(False)  # counted as the frozen base; the run will tell
     if precision == "bf16" and get_method(cfg.method).bf16_frozen:
         hold_frozen_linears_in_bf16(model)
     total = sum(p.numel() for p in model.parameters())
@@ -85,13 +91,14 @@ def model_shape(cfg: Config, task, model_path: str, label_names: list[str] | Non
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return ModelShape(total, trainable, weight / MB,
                       getattr(text, "num_hidden_layers", 1), getattr(text, "hidden_size", 1),
-                      getattr(text, "vocab_size", 1), not task.labels)
+                      getattr(text, "vocab_size", 1), not task.labels,
+                      getattr(text, "max_position_embeddings", None) or 512)
 
 
 def analytic_mb(shape: ModelShape, rows: int, width: int, trained: int) -> tuple[float, float]:
-    """(memory at rest, a step's memory) where nothing was measured: weights and AdamW's
-    two moments at rest; the gradients, the activations and the logits in a step."""
-    rest = IMPORTS_MB + shape.weight_mb + 8 * shape.trainable / MB
+    """(the model's memory, a step's memory) where nothing was measured: weights and AdamW's
+    two moments; the gradients, the activations and the logits in a step."""
+    model = shape.weight_mb + 8 * shape.trainable / MB
     step = (4 * shape.trainable + ACTIVATION_BYTES * rows * width * shape.hidden * shape.layers
             + (LOGIT_BYTES * trained * shape.vocab if shape.lm_head else 0)) / MB
-    return rest, step
+    return model, step

@@ -1,0 +1,103 @@
+"""How close is `lmtune plan` to what `lmtune train` then measures? For each configuration:
+the planner's prediction (its calibration measured on small shapes of its own, once per
+model and method) beside a real run of `lmtune train` (8 steps, one validation in the
+middle), and the same prediction without a calibration (weights, optimizer state and fixed
+per-token sizes: what estimators that do not measure give).
+
+    .venv/bin/python bench/plan.py              # every configuration below
+    .venv/bin/python bench/plan.py --only minilm
+
+The configurations differ from the calibration shapes (2 widths, 2 small batch sizes) in
+batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
+seconds per step is one optimizer step of training, validation excluded, as metrics.jsonl
+measures it. The last line holds the mean absolute errors as key=value pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+MINILM = ["task=classify", "model=minilm", "data.train=rotten_tomatoes"]
+SMOLLM2 = ["task=sft", "model=smollm2", "data.train=aclsum", "data.drop_unlearnable=true",
+           "lora.dropout=0.05"]
+CONFIGS = [
+    ("minilm full b32", MINILM + ["method=full"]),
+    ("minilm full b16", MINILM + ["method=full", "train.batch_size=16"]),
+    ("minilm full b64", MINILM + ["method=full", "train.batch_size=64"]),
+    ("minilm full b32 len32", MINILM + ["method=full", "train.max_length=32"]),
+    ("minilm lora b32", MINILM + ["method=lora"]),
+    ("minilm lora b64", MINILM + ["method=lora", "train.batch_size=64"]),
+    ("minilm freeze b32", MINILM + ["method=freeze"]),
+    ("minilm bitfit b32", MINILM + ["method=bitfit"]),
+    ("minilm ia3 b16", MINILM + ["method=ia3", "train.batch_size=16"]),
+    ("smollm2 lora b2 len256", SMOLLM2 + ["method=lora", "train.batch_size=2",
+                                          "train.max_length=256"]),
+    ("smollm2 lora b4 len128", SMOLLM2 + ["method=lora", "train.batch_size=4",
+                                          "train.max_length=128"]),
+    ("smollm2 full b2 len128", SMOLLM2 + ["method=full", "train.batch_size=2",
+                                          "train.max_length=128"]),
+]
+
+
+def uncalibrated_peak(cfg) -> float:
+    """The same prediction with no calibration (plan/shape.analytic_mb)."""
+    from lmtune.models.load import load_model_config, load_tokenizer, resolve_model
+    from lmtune.plan.planner import predict, run_shape
+    from lmtune.plan.shape import available_mb, model_shape
+    from lmtune.prepare import encode_or_cached
+    from lmtune.runtime import resolve_precision
+    from lmtune.tasks import get_task
+
+    task = get_task(cfg.task).for_run(cfg)
+    raw = task.read(cfg)
+    path = resolve_model(cfg.model, cfg.cache_dir)
+    data, _, _ = encode_or_cached(cfg, task, raw, load_tokenizer(path, False),
+                                  load_model_config(path, False), path)
+    shape = model_shape(cfg, task, path, task.label_names(raw),
+                        resolve_precision(cfg.train.precision))
+    return predict(cfg, run_shape(cfg, task, data, 1, 0.0), shape, None,
+                   available_mb()).peak_memory_mb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", help="run the configurations whose name holds this")
+    args = ap.parse_args()
+    from lmtune.config import load_config
+    from lmtune.plan.command import make_plan
+    from lmtune.plan.measure import measure_run
+    from lmtune.runtime import environment
+
+    env = environment()
+    print(f"host: {env['cpu']}, {env['cores']} cores, bf16={env['bf16']}; torch "
+          f"{env['torch']}, transformers {env['transformers']}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| configuration | peak MB predicted | measured | error | uncalibrated | error | "
+          "s/step predicted | measured | error |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    mem, sec, raw = [], [], []
+    for name, overrides in CONFIGS:
+        if args.only and args.only not in name:
+            continue
+        cfg = load_config(None, overrides + ["output_dir=runs/bench-plan"])
+        make_plan(cfg, [cfg.method])  # calibrates once per model and method
+        m = measure_run(cfg)
+        if "error" in m:
+            sys.exit(f"{name}: {m['error']}")
+        flat = uncalibrated_peak(cfg)
+        flat_err = flat / m["peak_memory_mb"] - 1
+        mem.append(abs(m["memory_error"]))
+        sec.append(abs(m["time_error"]))
+        raw.append(abs(flat_err))
+        print(f"| {name} | {m['predicted_peak_mb']:,.0f} | {m['peak_memory_mb']:,.0f} | "
+              f"{m['memory_error']:+.1%} | {flat:,.0f} | {flat_err:+.1%} | "
+              f"{m['predicted_seconds']:.3f} | {m['seconds_per_step']:.3f} | "
+              f"{m['time_error']:+.1%} |", flush=True)
+    print(f"memory_mae={statistics.mean(mem):.3f} memory_max={max(mem):.3f} "
+          f"time_mae={statistics.mean(sec):.3f} time_max={max(sec):.3f} "
+          f"uncalibrated_memory_mae={statistics.mean(raw):.3f} rows={len(mem)}")
+
+
+if __name__ == "__main__":
+    main()

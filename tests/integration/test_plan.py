@@ -1,0 +1,171 @@
+"""`lmtune plan` and the memory guard, end to end: the probe's measurements on a small
+random model, the CLI and its cache, the guard refusing a hopeless run before any weight is
+read, and the prediction every run writes into summary.json."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmtune.config import load_config
+from lmtune.errors import LmtuneError
+from lmtune.plan.calibrate import calibrate
+from tests.conftest import write_csv
+
+
+def save_small_llama(d: Path) -> Path:
+    """A random Llama wide enough (hidden 256, vocab 4,096) that a step's activations are tens
+    of megabytes: what the probe measures must stand out of the allocator's noise."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.conftest import TINY_TEMPLATE, byte_level_bpe
+
+    tok = byte_level_bpe(["<|endoftext|>"], "### User:\n### Assistant:\nrepeat: ")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = TINY_TEMPLATE
+    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=8192, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def small_llama(tmp_path_factory) -> Path:
+    return save_small_llama(tmp_path_factory.mktemp("small-llama"))
+
+
+def clm_config(model, tmp_path, *extra):
+    return load_config(None, ["task=clm", f"model={model}", "data.train=rotten_tomatoes",
+                              f"cache_dir={tmp_path / 'cache'}", "train.threads=1",
+                              "train.precision=fp32", f"output_dir={tmp_path / 'run'}",
+                              *extra])
+
+
+def test_the_probe_measures_step_memory_linear_in_tokens_and_lora_holds_less_state(
+        small_llama, tmp_path):
+    """Measured, not assumed: a step's memory fitted on the probe's small shapes predicts a
+    shape 4 times larger within 25%, and full fine-tuning's measured memory at rest (AdamW's
+    moments of every weight) is above LoRA's by at least most of 8 bytes per parameter."""
+    from transformers import AutoModelForCausalLM
+
+    params = AutoModelForCausalLM.from_pretrained(small_llama).num_parameters()
+    full = calibrate(clm_config(small_llama, tmp_path, "method=full"), str(small_llama), None,
+                     params, 8192)
+    lora = calibrate(clm_config(small_llama, tmp_path, "method=lora"), str(small_llama), None,
+                     params, 8192)
+    assert full.model_mb - lora.model_mb > 0.6 * 8 * params / 2**20
+    a, b = full.step_mb(4, 256, 256), full.step_mb(8, 512, 512)  # 2 and 8 times the probe's
+    assert b > 2.5 * a > 0
+    assert full.backward(8, 512, 512) > full.backward(4, 128, 128)
+
+
+def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama, chat_jsonl,
+                                                                     tmp_path):
+    args = [sys.executable, "-m", "lmtune", "plan", "task=sft", f"model={tiny_llama}",
+            f"data.train={chat_jsonl}", f"cache_dir={tmp_path / 'cache'}", "train.threads=1",
+            "--methods", "full,lora", "--json", str(tmp_path / "plan.json")]
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stderr.count("plan: measuring") == 2
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    rows = {r["method"]: r for r in plan["rows"]}
+    assert set(rows) == {"full", "lora"} and plan["recommended"] in rows
+    assert rows["full"]["trainable_params"] > 10 * rows["lora"]["trainable_params"]
+    assert all(r["calibrated"] and r["seconds_per_step"] > 0 and r["total_seconds"] > 0
+               for r in rows.values())
+    assert "recommended:" in first.stdout and "lora" in first.stdout
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 0 and "plan: measuring" not in again.stderr
+    assert json.loads((tmp_path / "plan.json").read_text())["rows"] == plan["rows"]
+
+
+def test_plan_refuses_a_method_that_does_not_exist(tiny_llama, chat_jsonl, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lmtune", "plan", "task=sft",
+                           f"model={tiny_llama}", f"data.train={chat_jsonl}",
+                           "--methods", "lora,nope"], capture_output=True, text=True)
+    assert done.returncode == 2 and "method" in done.stderr and "nope" in done.stderr
+
+
+def long_texts(path: Path, rows: int, words: int) -> Path:
+    text = " ".join(["the cat sat on the mat"] * (words // 6))
+    return write_csv(path, [{"text": text} for _ in range(rows)])
+
+
+def test_the_guard_refuses_a_hopeless_run_before_reading_any_weight(small_llama, tmp_path,
+                                                                      monkeypatch):
+    """Full fine-tuning at 512 rows x 4,096 tokens a batch: refused in seconds, with the
+    change that fits; the weights are never loaded."""
+    import lmtune.prepare
+    from lmtune.train import train
+
+    def never(*a, **k):
+        raise AssertionError("the guard let the model load")
+
+    monkeypatch.setattr(lmtune.prepare, "load_pretrained", never)
+    data = long_texts(tmp_path / "long.csv", 600, 4200)
+    cfg = clm_config(small_llama, tmp_path, "method=full", f"data.train={data}",
+                     "train.batch_size=512", "train.max_length=4096", "data.cache=false")
+    began = time.monotonic()
+    with pytest.raises(LmtuneError) as refused:
+        train(cfg, progress=False)
+    assert time.monotonic() - began < 60
+    message = str(refused.value)
+    assert "predicted peak memory" in message and "MB available" in message
+    assert "train.memory_guard=false" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_guard_names_the_smaller_batch_that_fits(small_llama, tmp_path, monkeypatch):
+    """With the memory available set below the run's prediction but above that of half its
+    batch, the advice is a smaller batch with accumulation (the same effective batch);
+    train.memory_guard=false lets the same run through."""
+    import lmtune.plan.guard as guard_module
+    from lmtune.models.load import load_model_config, load_tokenizer
+    from lmtune.prepare import encode_or_cached
+    from lmtune.tasks import get_task
+    from lmtune.train import train
+
+    data = long_texts(tmp_path / "long.csv", 200, 1000)
+    cfg = clm_config(small_llama, tmp_path, "method=full", f"data.train={data}",
+                     "train.batch_size=64", "train.max_length=1024")
+    task, path = get_task("clm"), str(small_llama)
+    enc, _, _ = encode_or_cached(cfg, task, task.read(cfg), load_tokenizer(path, False),
+                                 load_model_config(path, False), path)
+    whole = guard_module.guard(cfg, task, enc, path, None, "fp32", 1)["peak_memory_mb"]
+    monkeypatch.setattr(guard_module, "available_mb", lambda: whole * 0.8)
+    with pytest.raises(LmtuneError, match=r"train.batch_size=32 train.grad_accum=2 keeps"):
+        train(cfg, progress=False)
+    cfg.train.memory_guard = False
+    assert guard_module.guard(cfg, task, enc, path, None, "fp32", 1)["peak_memory_mb"] == whole
+
+
+def test_every_run_records_predicted_beside_measured(tiny_llama, chat_jsonl, tmp_path):
+    from lmtune.train import train
+
+    cfg = load_config(None, ["task=sft", f"model={tiny_llama}", f"data.train={chat_jsonl}",
+                             f"output_dir={tmp_path / 'run'}", "train.threads=1",
+                             "train.max_steps=3", "eval.generate_samples=0"])
+    train(cfg, progress=False)
+    check = json.loads((tmp_path / "run" / "summary.json").read_text())["plan"]
+    assert check["predicted"]["peak_memory_mb"] > 0
+    assert check["predicted"]["calibrated"] is False  # no `lmtune plan` measured it here
+    assert check["measured"]["peak_memory_mb"] > 0 and check["measured"]["seconds_per_step"] > 0
+
+
+def test_synthetic_rows_take_the_shape_each_task_trains_on(tiny_llama):
+    from lmtune.tasks import get_task
+
+    sft = get_task("sft").synthetic_rows(3, 16, 4, 100, 0)
+    assert len(sft.input_ids) == 3 and all(len(r) == 16 for r in sft.input_ids)
+    assert get_task("sft").trained_tokens(sft, [0, 1, 2]) == 12
+    cls = get_task("classify").synthetic_rows(5, 8, 8, 100, 3)
+    assert all(0 <= y < 3 for y in cls.labels)
+    assert get_task("classify").trained_tokens(cls, [0, 1]) == 0

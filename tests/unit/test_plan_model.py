@@ -1,0 +1,76 @@
+"""The planner's model: the fit, the batches it walks, the analytic fallback, the choice."""
+import numpy as np
+import pytest
+
+from lmtune.data.collate import Encoded
+from lmtune.plan.calibrate import probe_points
+from lmtune.plan.model import Fit, fit
+from lmtune.plan.planner import Row, recommend
+from lmtune.plan.shape import ModelShape, analytic_mb
+
+
+def points(coef, shapes, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for b, w, t in shapes:
+        y = Fit(coef)(b, w, t) * (1 + noise * rng.standard_normal())
+        out.append({"rows": b, "width": w, "trained": t, "v": y})
+    return out
+
+
+SHAPES = [(4, 64, 64), (8, 64, 16), (4, 128, 128), (8, 128, 32), (8, 128, 128)]
+
+
+def test_fit_recovers_the_coefficients_of_exact_measurements():
+    coef = (50.0, 0.2, 1e-4, 0.05)
+    got = fit(points(coef, SHAPES), "v").coef
+    assert got == pytest.approx(coef, rel=1e-6)
+
+
+def test_fit_keeps_every_coefficient_non_negative_and_extrapolates_in_batch_size():
+    """Noisy points whose best square term is negative: it is dropped, and the prediction
+    for a batch 8 times larger stays within 10% of the truth."""
+    coef = (80.0, 0.16, 0.0, 0.0)
+    got = fit(points(coef, SHAPES, noise=0.02, seed=3), "v")
+    assert all(c >= 0 for c in got.coef)
+    assert got(64, 128, 0) == pytest.approx(Fit(coef)(64, 128, 0), rel=0.1)
+
+
+def test_a_feature_that_never_varies_is_not_fitted():
+    """A classifier's points train no token: the vocabulary term stays 0."""
+    shapes = [(b, w, 0) for b, w, _ in SHAPES]
+    got = fit(points((10.0, 0.1, 0.0, 0.0), shapes), "v").coef
+    assert got[3] == 0.0 and got[1] == pytest.approx(0.1)
+
+
+def test_probe_shapes_shrink_with_the_model_and_stay_within_its_positions():
+    small, large = probe_points(22_000_000, 512), probe_points(135_000_000, 512)
+    assert max(b * w for b, w, _ in small) > max(b * w for b, w, _ in large)
+    assert all(w <= 100 for _, w, _ in probe_points(135_000_000, 100))
+    assert {w for _, w, _ in small} == {64, 128}  # the same shapes for every run of a model
+
+
+def test_the_analytic_step_memory_is_linear_in_batch_times_length():
+    shape = ModelShape(total=10**8, trainable=10**6, weight_mb=400.0, layers=12, hidden=768,
+                       vocab=50000, lm_head=True, positions=2048)
+    base = analytic_mb(shape, 1, 1, 0)[1]
+    steps = [analytic_mb(shape, b, w, 0)[1] - base for b, w in ((4, 128), (8, 128), (4, 256))]
+    assert steps[1] == pytest.approx(2 * steps[0], rel=1e-3)
+    assert steps[2] == pytest.approx(2 * steps[0], rel=1e-3)
+    # LoRA-sized trainable weights: the optimizer's moments are a sliver of full's
+    lora = ModelShape(10**8, 10**6, 400.0, 12, 768, 50000, True, 2048)
+    full = ModelShape(10**8, 10**8, 400.0, 12, 768, 50000, True, 2048)
+    assert analytic_mb(full, 1, 1, 0)[0] - analytic_mb(lora, 1, 1, 0)[0] > 700
+    assert analytic_mb(lora, 1, 1, 0)[0] < 1.05 * 400.0
+
+
+def row(method, peak, fits=True):
+    return Row(method, 1, peak, 1.0, 10.0, 1.0, fits, True)
+
+
+def test_recommend_full_where_it_fits_with_room_else_the_leanest_that_fits():
+    assert recommend([row("full", 500), row("lora", 400)], 1000)[0] == "full"
+    assert recommend([row("full", 900), row("lora", 400), row("ia3", 300)], 1000)[0] == "ia3"
+    chosen, why = recommend([row("full", 2000, False)], 1000)
+    assert chosen is None and "train.batch_size" in why
+
