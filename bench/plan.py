@@ -6,6 +6,7 @@ per-token sizes: what estimators that do not measure give).
 
     .venv/bin/python bench/plan.py              # every configuration below
     .venv/bin/python bench/plan.py --only minilm
+    .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
 
 The configurations differ from the calibration shapes (2 widths, 2 small batch sizes) in
 batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
@@ -18,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 MINILM = ["task=classify", "model=minilm", "data.train=rotten_tomatoes"]
 SMOLLM2 = ["task=sft", "model=smollm2", "data.train=aclsum", "data.drop_unlearnable=true",
@@ -61,10 +63,35 @@ def uncalibrated_peak(cfg) -> float:
                    available_mb()).peak_memory_mb
 
 
+def default_job() -> None:
+    """The whole default job's time, predicted by `lmtune plan` and measured by running
+    `lmtune train` (wall clock of the command, Python's start included)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = Path(tmp) / "plan.json"
+        subprocess.run([sys.executable, "-m", "lmtune", "plan", "--methods", "full",
+                        "--json", str(plan)], check=True, capture_output=True)
+        predicted = json.loads(plan.read_text())["rows"][0]["total_seconds"]
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lmtune", "train", "--quiet",
+                        f"output_dir={tmp}/run"], check=True, capture_output=True)
+        measured = time.perf_counter() - began
+    print(f"| the default job (`lmtune train`), whole run | {predicted:,.0f} s predicted | "
+          f"{measured:,.0f} s measured | {predicted / measured - 1:+.1%} |")
+    print(f"default_job_predicted={predicted:.1f} default_job_measured={measured:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", help="run the configurations whose name holds this")
+    ap.add_argument("--default-job", action="store_true", help="instead: the default job's "
+                    "whole time, predicted and measured")
     args = ap.parse_args()
+    if args.default_job:
+        return default_job()
     from lmtune.config import load_config
     from lmtune.plan.command import make_plan
     from lmtune.plan.measure import measure_run

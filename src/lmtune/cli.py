@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_process()  # before any matmul: oneDNN reads its settings once
     try:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "check": cmd_check,
-                "report": cmd_report, "plan": lambda a: cmd_plan(a, config_of(a)),
+                "report": cmd_report, "plan": cmd_plan,
                 "generate": cmd_generate, "predict": cmd_predict,
                 "export": cmd_export}[args.command](args)
     except LmtuneError as e:
@@ -198,10 +198,10 @@ def cmd_check(args) -> int:
     return 1 if args.strict and problems else 0
 
 
-def cmd_plan(args, cfg) -> int:
+def cmd_plan(args) -> int:
     from lmtune.plan.command import cmd_plan as run
 
-    return run(args, cfg)
+    return run(args, config_of(args))
 
 
 def cmd_report(args) -> int:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from lmtune.config import Config
-from lmtune.errors import LmtuneError
 
 
 def add_plan_command(sub, fmt) -> None:
@@ -113,5 +112,3 @@ def format_measured(plan: dict) -> str:
                      f"({m['time_error']:+.0%})")
     return "\n".join(lines)
 
-
-__all__ = ["add_plan_command", "cmd_plan", "make_plan", "LmtuneError"]

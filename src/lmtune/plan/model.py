@@ -17,7 +17,8 @@ Peak memory of a training process:
     peak = the process once its data is read and tokenized (its RSS then, measured)
          + the model and the optimizer's state (measured)
          + the copy of the best trainable weights
-         + the largest of: a step's memory (fitted), a checkpoint's copies (planner.py)
+         + the largest of: a step's memory (fitted, times what mixing shapes adds, measured)
+           and a checkpoint's copies (planner.py)
 """
 from __future__ import annotations
 
@@ -96,6 +97,9 @@ class Calibration:
     backward: Fit  # seconds of one micro-batch's forward + backward
     forward: Fit  # seconds of an evaluation forward pass
     update_seconds: float  # the optimizer's update, once per step
+    # A run's steps change shape; the heap keeps some of what one freed where the next
+    # cannot reuse it. The peak of mixed shapes over the largest single step, measured.
+    mixing: float = 1.0
 
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
@@ -103,7 +107,8 @@ class Calibration:
         return cls(out["rest_mb"] - out["before_model_mb"], out["load_seconds"],
                    fit(pts, "step_mb"),
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
-                   float(np.median([p["update_seconds"] for p in pts])))
+                   float(np.median([p["update_seconds"] for p in pts])),
+                   max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from lmtune import runtime
 from lmtune.config import Config
 from lmtune.data.collate import Encoded
 from lmtune.plan.calibrate import cached, calibrate
-from lmtune.plan.probe import rss_mb
+from lmtune.plan.probe import memory_mb
 from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
 from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
 
@@ -42,7 +42,7 @@ class RunShape:
     validations: int
     val: list[Batch]
     test: list[Batch]
-    base_mb: float  # the process once the data is read and tokenized: RSS
+    base_mb: float  # the process once the data is read and tokenized (RSS; GPU: allocated)
     peak_so_far_mb: float  # and its peak until then (reading and tokenizing)
     tokenize_seconds: float
     max_width: int
@@ -62,7 +62,7 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
     split = lambda name: eval_shapes(task, data[name], cfg.eval.batch_size) \
         if name in data else []  # noqa: E731
     return RunShape(batches, steps, validations, split("validation"), split("test"),
-                    rss_mb(), runtime.peak_memory_mb(), tokenize_seconds,
+                    memory_mb(), runtime.peak_memory_mb(), tokenize_seconds,
                     max(b.width for b in batches))
 
 
@@ -75,7 +75,8 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
     # (safetensors): twice their size, while the optimizer state and that copy are held.
     save_mb = 8 * shape.trainable / MB
     if cal is not None:
-        step_mb = max(cal.step_mb(b.rows, b.width, b.trained) for b in run.batches)
+        step_mb = cal.mixing * max(cal.step_mb(b.rows, b.width, b.trained)
+                                   for b in run.batches)
         model_mb = cal.model_mb
     else:
         models, steps = zip(*(analytic_mb(shape, b.rows, b.width, b.trained)

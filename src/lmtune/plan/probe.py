@@ -12,7 +12,8 @@ forward pass alone (evaluation), and the memory a step adds on top of the rest.
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
 each shape from a trimmed heap (`runtime.release_free_memory`) and a reset peak: then the
-memory a step adds is what it allocates, not what earlier shapes left behind.
+memory a step adds is what it allocates, not what earlier shapes left behind. Last, the
+shapes run mixed, as a run's batches do, for what the heap keeps between them.
 """
 from __future__ import annotations
 
@@ -37,10 +38,48 @@ def rss_mb(field: str = "VmRSS") -> float:
     return peak_memory_mb()
 
 
+def memory_mb() -> float:
+    """What the planner counts: allocated memory on a GPU, else the process's RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    return rss_mb()
+
+
 def reset_peak() -> None:
-    """Start VmHWM again from the current RSS (Linux: clear_refs 5)."""
+    """Start the peak again from now: the GPU's peak allocated, or VmHWM from the current
+    RSS (Linux: clear_refs 5)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
     with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
         f.write("5")
+
+
+def peak_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return rss_mb("VmHWM")
+
+
+def mixed_steps(step, points: list[tuple]) -> float:
+    """The memory steps of changing shapes add, as a run's length-grouped batches come: the
+    heap keeps what one shape freed where the next cannot always reuse it, so a run's peak
+    is above its largest single step by a factor this measures."""
+    from lmtune import runtime
+
+    order = [points[i] for i in (0, 4, 1, 3, 2, 0, 3, 4, 1, 2) if i < len(points)]
+    runtime.release_free_memory()
+    before = memory_mb()
+    reset_peak()
+    for p in order:
+        step(p)
+    return peak_mb() - before
 
 
 def main() -> int:
@@ -67,7 +106,7 @@ def main() -> int:
     out: dict = {}
     with runtime.threads(cfg.train.threads or runtime.default_threads()):
         tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
-        out["before_model_mb"] = rss_mb()
+        out["before_model_mb"] = memory_mb()
         began = time.perf_counter()
         kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
         model = build_model(cfg, task, spec["model_path"], precision, kwargs)
@@ -104,7 +143,8 @@ def main() -> int:
 
         points = [tuple(p) for p in spec["points"]]
         step(batch(*points[0])[0])  # the optimizer's state exists from the first update on
-        out["rest_mb"] = rss_mb()
+        runtime.release_free_memory()  # the step's freed memory is not the model's
+        out["rest_mb"] = memory_mb()
         out["points"] = []
         for p in points:
             data, trained = batch(*p)
@@ -117,10 +157,11 @@ def main() -> int:
         for row, p in zip(out["points"], points):
             data = batch(*p)[0]
             runtime.release_free_memory()  # what earlier shapes left in the heap goes back
-            before = rss_mb()
+            before = memory_mb()
             reset_peak()
             step(data)
-            row["step_mb"] = rss_mb("VmHWM") - before
+            row["step_mb"] = peak_mb() - before
+        out["mixed_step_mb"] = mixed_steps(lambda p: step(batch(*p)[0]), points)
     json.dump(out, sys.stdout)
     return 0
 
