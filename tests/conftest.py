@@ -120,19 +120,20 @@ def byte_level_bpe(specials: list[str], extra: str):
     return tok
 
 
-def save_tiny_llama(d: Path) -> Path:
-    """A random 2-layer Llama with a byte-level BPE tokenizer trained here and TINY_TEMPLATE."""
+def save_tiny_llama(d: Path, **sizes) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer trained here and TINY_TEMPLATE;
+    `sizes` override its config (a wider model)."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = byte_level_bpe(["<|endoftext|>"], "### User:\n### Assistant:\nrepeat: ")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>")
     fast.chat_template = TINY_TEMPLATE
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=None)
+    config = LlamaConfig(**{**dict(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id, bos_token_id=None), **sizes})
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(d)
     fast.save_pretrained(d)

@@ -8,38 +8,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmtune.config import load_config
 from lmtune.errors import LmtuneError
 from lmtune.plan.calibrate import calibrate
-from tests.conftest import write_csv
-
-
-def save_small_llama(d: Path) -> Path:
-    """A random Llama wide enough (hidden 256, vocab 4,096) that a step's activations are tens
-    of megabytes: what the probe measures must stand out of the allocator's noise."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from tests.conftest import TINY_TEMPLATE, byte_level_bpe
-
-    tok = byte_level_bpe(["<|endoftext|>"], "### User:\n### Assistant:\nrepeat: ")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
-    fast.chat_template = TINY_TEMPLATE
-    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=8192, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
+from tests.conftest import save_tiny_llama, write_csv
 
 
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory) -> Path:
-    return save_small_llama(tmp_path_factory.mktemp("small-llama"))
+    """A random Llama wide enough (hidden 256, vocab 4,096) that a step's activations are
+    tens of megabytes: what the probe measures must stand out of the allocator's noise."""
+    return save_tiny_llama(tmp_path_factory.mktemp("small-llama"), vocab_size=4096,
+                           hidden_size=256, intermediate_size=768,
+                           max_position_embeddings=8192, tie_word_embeddings=False)
 
 
 def clm_config(model, tmp_path, *extra):
@@ -49,11 +31,11 @@ def clm_config(model, tmp_path, *extra):
                               *extra])
 
 
-def test_the_probe_measures_step_memory_linear_in_tokens_and_lora_holds_less_state(
-        small_llama, tmp_path):
-    """Measured, not assumed: a step's memory fitted on the probe's small shapes predicts a
-    shape 4 times larger within 25%, and full fine-tuning's measured memory at rest (AdamW's
-    moments of every weight) is above LoRA's by at least most of 8 bytes per parameter."""
+def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, tmp_path):
+    """Measured, not assumed: the steps of the probe's shapes (up to 32 x 128 tokens) add
+    memory per token (4,096 tokens through this model: activations and logits of well over
+    20 MB), the fit grows with batch x length, and full fine-tuning's measured model memory
+    (AdamW's moments of every weight) is above LoRA's by most of 8 bytes a parameter."""
     from transformers import AutoModelForCausalLM
 
     params = AutoModelForCausalLM.from_pretrained(small_llama).num_parameters()
@@ -62,9 +44,11 @@ def test_the_probe_measures_step_memory_linear_in_tokens_and_lora_holds_less_sta
     lora = calibrate(clm_config(small_llama, tmp_path, "method=lora"), str(small_llama), None,
                      params, 8192)
     assert full.model_mb - lora.model_mb > 0.6 * 8 * params / 2**20
-    a, b = full.step_mb(4, 256, 256), full.step_mb(8, 512, 512)  # 2 and 8 times the probe's
-    assert b > 2.5 * a > 0
-    assert full.backward(8, 512, 512) > full.backward(4, 128, 128)
+    small, large = full.step_mb(8, 128, 1024), full.step_mb(32, 128, 4096)
+    assert large - small > 20
+    assert full.step_mb(64, 256, 64 * 256) > large  # beyond the probe: still growing
+    assert full.backward(32, 128, 4096) > full.backward(8, 128, 1024) > 0
+    assert full.mixing >= 1.0 and lora.mixing >= 1.0
 
 
 def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama, chat_jsonl,

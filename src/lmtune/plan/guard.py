@@ -31,11 +31,12 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
         return prediction
     longest = max(run.batches, key=lambda b: b.rows * b.width)
     advice = cheapest_fix(cfg, task, run, model_path, label_names, precision, available)
+    how = "" if row.calibrated else "; not measured here yet: `lmtune plan` measures it"
     raise LmtuneError(
         f"train: predicted peak memory {row.peak_memory_mb:,.0f} MB is more than the "
         f"{available:,.0f} MB available (method={cfg.method}, batches up to {longest.rows} "
-        f"rows x {longest.width} tokens{'' if row.calibrated else '; not calibrated: run `lmtune plan` to measure'}). "
-        f"{advice}. To train anyway: train.memory_guard=false")
+        f"rows x {longest.width} tokens{how}). {advice}. To train anyway: "
+        "train.memory_guard=false")
 
 
 def _row(cfg, task, run: RunShape, model_path, label_names, precision, available):

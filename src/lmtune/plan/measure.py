@@ -12,8 +12,8 @@ from pathlib import Path
 from lmtune.config import Config, config_yaml
 from lmtune.plan.planner import method_config
 
-# A short run (16 steps) that still validates once in the middle, so the steps after it hold the copy
-# of the best weights as a long run does; validation itself kept short.
+# A short run (16 steps) that still validates once in the middle, so the steps after it
+# hold the copy of the best weights as a long run does; validation itself kept short.
 MEASURE_SETTINGS = ["train.max_steps=16", "train.eval_every=8", "train.log_every=1",
                     "eval.max_samples=64", "eval.generate_samples=0", "overwrite=true"]
 

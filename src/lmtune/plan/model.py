@@ -91,7 +91,9 @@ class Calibration:
     """What `probe.py` measured for one model, method and precision on this machine,
     fitted."""
 
-    model_mb: float  # what the model and the optimizer's state add to the process
+    # What the model adds to the process (with what loading it leaves in the heap, which a
+    # run keeps too), and the optimizer's state.
+    model_mb: float
     load_seconds: float
     step_mb: Fit
     backward: Fit  # seconds of one micro-batch's forward + backward
@@ -104,7 +106,8 @@ class Calibration:
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
         pts = out["points"]
-        return cls(out["rest_mb"] - out["before_model_mb"], out["load_seconds"],
+        return cls(out["loaded_mb"] - out["before_model_mb"] + out["optimizer_mb"],
+                   out["load_seconds"],
                    fit(pts, "step_mb"),
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
                    float(np.median([p["update_seconds"] for p in pts])),

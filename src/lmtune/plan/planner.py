@@ -37,7 +37,8 @@ class Row:
 class RunShape:
     """The configured run, counted once for every method: its batches and passes."""
 
-    batches: list[Batch]  # the first epoch's micro-batches
+    rows: int  # training rows
+    batches: list[Batch]  # the micro-batches of the first epoch (a shorter run: its own)
     steps: int
     validations: int
     val: list[Batch]
@@ -61,7 +62,8 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
     validations = steps // every + (steps % every > 0) if every else math.ceil(steps / per_epoch)
     split = lambda name: eval_shapes(task, data[name], cfg.eval.batch_size) \
         if name in data else []  # noqa: E731
-    return RunShape(batches, steps, validations, split("validation"), split("test"),
+    return RunShape(len(data["train"]), batches, steps, validations, split("validation"),
+                    split("test"),
                     memory_mb(), runtime.peak_memory_mb(), tokenize_seconds,
                     max(b.width for b in batches))
 
@@ -145,7 +147,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
         cal = None if measure else cached(mcfg, model_path, len(label_names or []))
         if cal is None:
             model_mb, step = analytic_mb(shape, 2, 128, 128)
-            if run.base_mb + model_mb + step > available:  # the model alone would not fit: nothing to measure
+            if run.base_mb + model_mb + step > available:  # nothing that could be measured
                 say(f"plan: {name}: the model alone needs about {model_mb:,.0f} MB; not "
                     "measured")
             else:
@@ -158,7 +160,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
     return {"hardware": runtime.environment() | {"available_mb": round(available),
                                                   "precision": precision},
             "run": {"steps": run.steps, "validations": run.validations,
-                    "train_rows": sum(b.rows for b in run.batches),
+                    "train_rows": run.rows,
                     "batch_size": cfg.train.batch_size, "longest_batch_width": run.max_width,
                     "process_mb": round(run.base_mb, 1),
                     "tokenize_seconds": round(run.tokenize_seconds, 2)},
