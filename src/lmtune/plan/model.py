@@ -102,6 +102,7 @@ class Calibration:
     # A run's steps change shape; the heap keeps some of what one freed where the next
     # cannot reuse it. The peak of mixed shapes over the largest single step, measured.
     mixing: float = 1.0
+    optimizer_mb: float = 0.0  # of model_mb: what the first update added (AdamW's moments)
 
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
@@ -111,7 +112,8 @@ class Calibration:
                    fit(pts, "step_mb"),
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
                    float(np.median([p["update_seconds"] for p in pts])),
-                   max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)))
+                   max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)),
+                   out["optimizer_mb"])
 
 
 @dataclass(frozen=True)

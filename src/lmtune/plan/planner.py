@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from lmtune import runtime
 from lmtune.config import Config
 from lmtune.data.collate import Encoded
+from lmtune.errors import LmtuneError
 from lmtune.plan.calibrate import cached, calibrate
 from lmtune.plan.probe import memory_mb
 from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
@@ -104,8 +105,6 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
 def candidates(cfg: Config) -> list[str]:
     """The methods compared by default: full, the main adapters and the cheap ones, where
     they suit the task."""
-    from lmtune.errors import LmtuneError
-
     out = []
     for name in ("full", "lora", "dora", "ia3", "freeze", "bitfit"):
         try:
@@ -143,7 +142,11 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
     rows = []
     for name in methods:
         mcfg = method_config(cfg, name)
-        shape = model_shape(mcfg, task, model_path, label_names, precision)
+        try:
+            shape = model_shape(mcfg, task, model_path, label_names, precision)
+        except LmtuneError as e:  # the method does not suit this model (bitfit on Llama)
+            say(f"plan: {name} left out: {e}")
+            continue
         cal = None if measure else cached(mcfg, model_path, len(label_names or []))
         if cal is None:
             model_mb, step = analytic_mb(shape, 2, 128, 128)
@@ -156,6 +159,8 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
                 cal = calibrate(mcfg, model_path, label_names, shape.total, shape.positions)
                 say(f"plan: measured {name} in {time.perf_counter() - began:.0f} s")
         rows.append(predict(mcfg, run, shape, cal, available))
+    if not rows:
+        raise LmtuneError("plan: none of the methods suits this model")
     chosen, why = recommend(rows, available)
     return {"hardware": runtime.environment() | {"available_mb": round(available),
                                                   "precision": precision},
@@ -169,9 +174,9 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
 
 def method_config(cfg: Config, method: str) -> Config:
     """`cfg` with another method (its own default learning rate, the rest kept)."""
-    from lmtune.methods import METHODS
+    from lmtune.methods import get_method
 
     if method == cfg.method:
         return cfg
-    train = replace(cfg.train, lr=METHODS[method].default_lr)
+    train = replace(cfg.train, lr=get_method(method).default_lr)  # unknown: a clear error
     return replace(cfg, method=method, train=train, quantize="none")
