@@ -66,10 +66,9 @@ def cheapest_fix(cfg: Config, task, run: RunShape, model_path: str, label_names,
                 available).fits:
             return f"train.max_length={length} is predicted to fit"
         length //= 2
-    if cfg.method != "lora":
-        lora = method_config(cfg, "lora")
-        if _row(lora, task, run, model_path, label_names, precision, available).fits:
-            return "method=lora is predicted to fit"
+    lora = method_config(cfg, "lora")  # the same run where it is lora already
+    if _row(lora, task, run, model_path, label_names, precision, available).fits:
+        return "method=lora is predicted to fit"
     return ("no single change is predicted to fit: combine a smaller train.batch_size, "
             "train.gradient_checkpointing=true and a shorter train.max_length, or use a "
             "smaller model")

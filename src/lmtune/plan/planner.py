@@ -22,6 +22,9 @@ from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
 from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
 
 
+WHOLE = "full"  # the method that trains every weight: preferred where it fits with room
+
+
 @dataclass
 class Row:
     method: str
@@ -123,7 +126,7 @@ def recommend(rows: list[Row], available: float) -> tuple[str | None, str]:
         return None, (f"no method fits in {available:,.0f} MB; lower train.batch_size (with "
                       "train.grad_accum to keep the effective batch), set "
                       "train.gradient_checkpointing=true or a shorter train.max_length")
-    full = next((r for r in fits if r.method == "full"), None)
+    full = next((r for r in fits if r.method == WHOLE), None)
     if full is not None and full.peak_memory_mb <= 0.8 * available:
         return "full", (f"full fine-tuning fits with {available - full.peak_memory_mb:,.0f} "
                         "MB to spare; it trains every weight")
