@@ -22,9 +22,6 @@ from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
 from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
 
 
-WHOLE = "full"  # the method that trains every weight: preferred where it fits with room
-
-
 @dataclass
 class Row:
     method: str
@@ -126,10 +123,10 @@ def recommend(rows: list[Row], available: float) -> tuple[str | None, str]:
         return None, (f"no method fits in {available:,.0f} MB; lower train.batch_size (with "
                       "train.grad_accum to keep the effective batch), set "
                       "train.gradient_checkpointing=true or a shorter train.max_length")
-    full = next((r for r in fits if r.method == WHOLE), None)
-    if full is not None and full.peak_memory_mb <= 0.8 * available:
-        return "full", (f"full fine-tuning fits with {available - full.peak_memory_mb:,.0f} "
-                        "MB to spare; it trains every weight")
+    full = max(fits, key=lambda r: r.trainable_params)  # trains the most weights
+    if full.peak_memory_mb <= 0.8 * available:
+        return full.method, (f"{full.method} fits with {available - full.peak_memory_mb:,.0f} "
+                             "MB to spare and trains the most weights")
     best = min(fits, key=lambda r: (r.peak_memory_mb, r.total_seconds or 0))
     return best.method, (f"{best.method} needs the least memory of the methods that fit "
                          f"({best.peak_memory_mb:,.0f} of {available:,.0f} MB)")
@@ -179,7 +176,7 @@ def method_config(cfg: Config, method: str) -> Config:
     """`cfg` with another method (its own default learning rate, the rest kept)."""
     from lmtune.methods import get_method
 
-    if method == cfg.method:
+    if get_method(method) is get_method(cfg.method):  # the run's own settings stay
         return cfg
     train = replace(cfg.train, lr=get_method(method).default_lr)  # unknown: a clear error
     return replace(cfg, method=method, train=train, quantize="none")
