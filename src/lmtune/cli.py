@@ -1,5 +1,5 @@
-"""`lmtune train | resume | plan | check | report | eval | predict | generate | export`: a thin
-dispatcher.
+"""`lmtune train | resume | plan | check | report | eval | predict | generate | export | serve`:
+a thin dispatcher.
 
 Bad input exits with code 2 and one clear `error:` line, never a traceback.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from lmtune.cli_io import print_predictions, read_prompts, read_texts, write_jsonl
 from lmtune.errors import Interrupted, LmtuneError
 from lmtune.plan.command import add_plan_command
+from lmtune.serve.command import add_serve_command, cmd_serve
 
 DESCRIPTION = "lmtune: efficient fine-tuning of language models."
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(sub, fmt)
     add_plan_command(sub, fmt)
+    add_serve_command(sub)
     return parser
 
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "check": cmd_check,
                 "report": cmd_report, "plan": cmd_plan,
                 "generate": cmd_generate, "predict": cmd_predict,
-                "export": cmd_export}[args.command](args)
+                "export": cmd_export, "serve": cmd_serve}[args.command](args)
     except LmtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -42,11 +42,12 @@ class Decoder:
     def chat(self) -> bool:
         return self.kind == "chat"
 
-    def prompt_text(self, conv: Conversation) -> str:
-        """The prompt for `conv` without its final assistant turn (the reference)."""
+    def prompt_text(self, conv: Conversation, drop_answer: bool = True) -> str:
+        """The prompt for `conv`, without its final assistant turn (the reference) unless
+        `drop_answer` is false (a chat API's conversation: the model answers after it)."""
         if self.kind == "seq2seq":
             return source_text(conv)
-        if conv and conv[-1].role == "assistant":
+        if drop_answer and conv and conv[-1].role == "assistant":
             conv = conv[:-1]
         if self.chat:
             return render(self.tokenizer, conv, generation_prompt=True)
@@ -130,11 +131,36 @@ class Decoder:
                                             skip_special_tokens=True)
         return [_cut(t, g.stop).strip() for t in texts]
 
-    def encode_prompt(self, conv: Conversation) -> list[int]:
-        text = self.prompt_text(conv)
+    def encode_prompt(self, conv: Conversation, drop_answer: bool = True) -> list[int]:
+        text = self.prompt_text(conv, drop_answer)
         if self.kind == "seq2seq":
             return source_ids(self.tokenizer, [text], self.max_source_length)[0][0]
         return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
+
+    def encode_text(self, text: str) -> list[int]:
+        """A plain text prompt's tokens, no template (an OpenAI-style completion)."""
+        if self.kind == "seq2seq":
+            return source_ids(self.tokenizer, [text], self.max_source_length)[0][0]
+        return self.tokenizer(text)["input_ids"]
+
+    def run(self, rows: list[list[int]], g: GenerateConfig, stopping=None) -> None:
+        """Generate for prompt token rows together, and hand every step to `stopping` (a
+        transformers `StoppingCriteria`: it sees each row's new token and may end rows).
+        `g.stop` is left to `stopping`, as rows may have stop strings of their own."""
+        from transformers import StoppingCriteriaList
+
+        input_ids, attention, pad = self._inputs(rows)
+        kwargs = self._kwargs(g, pad)
+        kwargs.pop("stop_strings", None), kwargs.pop("tokenizer", None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), runtime.autocast(self.precision):
+                self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                    stopping_criteria=StoppingCriteriaList(
+                                        [stopping] if stopping else []), **kwargs)
+        finally:
+            self.model.train(was_training)
 
     def stream(self, conv: Conversation, settings: GenerateConfig | None = None
                ) -> Iterator[str]:
@@ -163,24 +189,18 @@ class Decoder:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        ids: list[int] = []
-        sent = 0
+        answer = Answer(self.tokenizer, g.stop)
         while (tok := tokens.get()) is not None:
-            ids.append(tok)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-            cut = _cut(text, g.stop)
-            ready = _settled(cut, g.stop, done=len(cut) < len(text))
-            if len(ready) > sent:
-                yield ready[sent:]
-                sent = len(ready)
-            if len(cut) < len(text):
+            piece = answer.add(tok)
+            if piece:
+                yield piece
+            if answer.stopped:
                 break
         worker.join()
         if failed:
             raise failed[0]
-        text = _cut(self.tokenizer.decode(ids, skip_special_tokens=True), g.stop).strip()
-        if len(text) > sent:
-            yield text[sent:]
+        if rest := answer.rest():
+            yield rest
 
     def __call__(self, prompts: str | list[str]) -> str | list[str]:
         one = isinstance(prompts, str)
@@ -207,6 +227,39 @@ def _settled(text: str, stops: list[str], done: bool) -> str:
                     text = text[:-k].rstrip()
                     break
     return text
+
+
+class Answer:
+    """An answer as its tokens arrive: the pieces of text that can be sent, and what remains
+    at the end. Joined, the pieces are what `generate` returns for the same tokens (the same
+    stop strings, the same trimming). Text is held back while it could still change: an
+    incomplete UTF-8 character, the start of a stop string, trailing whitespace."""
+
+    def __init__(self, tokenizer, stops: list[str]):
+        self.tokenizer, self.stops = tokenizer, list(stops)
+        self.ids: list[int] = []
+        self.sent = 0
+        self.stopped = False  # a stop string has appeared: no further token counts
+
+    def add(self, token: int) -> str:
+        """Take one new token; return the newly settled text ("" if none)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        cut = _cut(text, self.stops)
+        self.stopped = len(cut) < len(text)
+        ready = _settled(cut, self.stops, done=self.stopped)
+        if len(ready) <= self.sent:
+            return ""
+        piece, self.sent = ready[self.sent:], len(ready)
+        return piece
+
+    def text(self) -> str:
+        return _cut(self.tokenizer.decode(self.ids, skip_special_tokens=True),
+                    self.stops).strip()
+
+    def rest(self) -> str:
+        """What the whole answer holds beyond the pieces sent so far."""
+        return self.text()[self.sent:]
 
 
 class _QueueStreamer:

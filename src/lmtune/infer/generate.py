@@ -15,7 +15,7 @@ from pathlib import Path
 from lmtune import runtime
 from lmtune.errors import LmtuneError
 from lmtune.infer.decoder import Decoder
-from lmtune.rundir import open_run
+from lmtune.rundir import SavedRun, open_run
 
 
 class Generator(Decoder):
@@ -28,7 +28,13 @@ class Generator(Decoder):
                               f"`lmtune predict` or `lmtune eval`")
         # an adapter is folded in: decoding runs at the speed of the base model
         model, tokenizer = run.load(cache_dir=cache_dir, merge=True)
-        super().__init__(model, tokenizer, task.decode_kind(tokenizer),
-                         run.config.generate if run.config else None,
-                         runtime.resolve_precision(precision),
-                         run.config.train.max_length if run.config else 512)
+        super().__init__(model, tokenizer, **decoder_settings(run, tokenizer, precision))
+
+
+def decoder_settings(run: SavedRun, tokenizer, precision: str = "auto") -> dict:
+    """`Decoder` arguments for a saved run's model: its task's prompt kind, its generate
+    settings and its source length."""
+    return dict(kind=run.task.decode_kind(tokenizer),
+                settings=run.config.generate if run.config else None,
+                precision=runtime.resolve_precision(precision),
+                max_source_length=run.config.train.max_length if run.config else 512)
