@@ -2,10 +2,8 @@
 validated against the client's own types): models, chat (plain and streamed, equal),
 completions, classify, stop strings, seeds, every error path, batching across concurrent
 callers, and the command itself."""
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,71 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from lmtune.cli import main
+from lmtune.data.formats import Message
 from lmtune.infer.generate import Generator
 from lmtune.infer.predict import Predictor
-from lmtune.data.formats import Message
-from lmtune.serve.app import Limits, build_app
-from lmtune.serve.batcher import Batcher
-from lmtune.serve.models import load_served
-from tests.conftest import chat_rows
-
-FP32 = ["--quiet", "train.precision=fp32", "train.threads=1", "train.min_steps=0"]
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_llama, tiny_bert, sentiment_csv, chat_jsonl, tmp_path_factory):
-    """A tiny Llama taught to repeat words back, two LoRA runs on the tiny Llama (different
-    seeds: different adapters) and a classifier."""
-    d = tmp_path_factory.mktemp("serve")
-    data = d / "chat.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(400)))
-    assert main(["train", *FP32, "task=sft", f"model={tiny_llama}", f"data.train={data}",
-                 "train.lr=3e-3", "train.epochs=20", "train.batch_size=16",
-                 "train.warmup=0.05",
-                 f"output_dir={d / 'sft'}"]) == 0
-    for name, seed in (("lora_a", 1), ("lora_b", 2)):
-        assert main(["train", *FP32, "task=sft", f"model={tiny_llama}", "method=lora",
-                     f"data.train={chat_jsonl}", "train.lr=5e-2", "train.max_steps=4",
-                     f"seed={seed}", f"output_dir={d / name}"]) == 0
-    assert main(["train", *FP32, f"model={tiny_bert}", f"data.train={sentiment_csv}",
-                 "train.max_steps=4", f"output_dir={d / 'clf'}"]) == 0
-    return d
-
-
-@pytest.fixture(scope="module")
-def served(runs, tiny_llama):
-    return load_served([f"base={tiny_llama}", str(runs / "sft"), str(runs / "lora_a"),
-                        str(runs / "lora_b"), str(runs / "clf")], precision="fp32",
-                       log=lambda m: None)
-
-
-@contextlib.contextmanager
-def serving(served, limits=None, api_key=None, **batching):
-    """The app on an ephemeral loopback port, in this process: (base URL, batcher)."""
-    batcher = Batcher(**batching)
-    app = build_app(served, batcher, limits or Limits(max_tokens=64), api_key)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", batcher
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        batcher.close()
-
-
-def client(url, key="unused"):
-    return openai.OpenAI(base_url=url, api_key=key, max_retries=0,
-                         _strict_response_validation=True)
+from tests.serve_support import client, runs, served, serving  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +179,11 @@ def test_a_seed_decides_sampled_answers(api):
 
     assert sample(7) == sample(7)
     assert len({sample(s) for s in range(4)}) > 1
+    # a temperature near 0 is greedy decoding (dividing by it would overflow the logits)
+    greedy = c.chat.completions.create(model="sft", messages=CHAT, max_tokens=12)
+    tiny = c.chat.completions.create(model="sft", messages=CHAT, max_tokens=12,
+                                     temperature=1e-30)
+    assert tiny.choices[0].message.content == greedy.choices[0].message.content
 
 
 def test_classify_gives_the_numbers_predict_gives(api, runs):

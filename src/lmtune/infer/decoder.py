@@ -28,6 +28,8 @@ from lmtune.data.formats import Conversation, Message
 from lmtune.data.seq2seq import source_ids, source_text
 from lmtune.data.templates import end_of_turn_ids, render
 
+MIN_TEMPERATURE = 1e-4  # below it, decoding is greedy
+
 
 class Decoder:
     def __init__(self, model, tokenizer, kind: str, settings: GenerateConfig | None = None,
@@ -106,9 +108,12 @@ class Decoder:
         return self.kind != "seq2seq"
 
     def _kwargs(self, g: GenerateConfig, pad: int, synced: bool = False) -> dict:
+        # A temperature near 0 is greedy decoding, its limit: dividing the logits by it
+        # would overflow them to inf, and sampling from inf - inf fails.
+        sample = g.temperature >= MIN_TEMPERATURE
         kwargs = dict(max_new_tokens=g.max_new_tokens, eos_token_id=self.stop_ids,
-                      pad_token_id=pad, do_sample=g.temperature > 0)
-        if g.temperature > 0:
+                      pad_token_id=pad, do_sample=sample)
+        if sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
         if synced:
             kwargs.update(synced_gpus=True)

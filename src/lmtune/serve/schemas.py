@@ -7,7 +7,7 @@ in strict mode.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,13 +55,16 @@ class ChatRequest(Sampling):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
 
 
+Texts = Annotated[list[str], Field(min_length=1)]
+
+
 class CompletionRequest(Sampling):
-    prompt: Union[str, list[str]]
+    prompt: Union[str, Texts]
 
 
 class ClassifyRequest(Request):
     model: str
-    input: Union[str, list[str]]
+    input: Union[str, Texts]
 
 
 class Usage(BaseModel):
