@@ -13,6 +13,7 @@ import uvicorn
 from lmtune.cli import main
 from lmtune.serve.app import Limits, build_app
 from lmtune.serve.batcher import Batcher
+from lmtune.serve.command import start_jobs
 from lmtune.serve.models import load_served
 from tests.conftest import chat_rows
 
@@ -47,10 +48,12 @@ def served(runs, tiny_llama):
 
 
 @contextlib.contextmanager
-def serving(served, limits=None, api_key=None, **batching):
-    """The app on an ephemeral loopback port, in this process: (base URL, batcher)."""
+def serving(served, limits=None, api_key=None, jobs_dir=None, **batching):
+    """The app on an ephemeral loopback port, in this process: (base URL, batcher). With
+    `jobs_dir`, the fine-tuning-jobs API too."""
     batcher = Batcher(**batching)
-    app = build_app(served, batcher, limits or Limits(max_tokens=64), api_key)
+    jobs = start_jobs(jobs_dir, served, "fp32", 5) if jobs_dir else None
+    app = build_app(served, batcher, limits or Limits(max_tokens=64), api_key, jobs)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -64,6 +67,8 @@ def serving(served, limits=None, api_key=None, **batching):
     finally:
         server.should_exit = True
         thread.join(10)
+        if jobs is not None:
+            jobs.runner.close()
         batcher.close()
 
 

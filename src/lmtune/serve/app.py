@@ -42,6 +42,7 @@ class Limits:
     max_answers: int = 64  # prompts × n in one request
     max_inputs: int = 256  # texts in one classify request
     max_body: int = 1 << 20  # bytes
+    max_upload: int = 512 << 20  # bytes of one uploaded training file
 
 
 class Channel:
@@ -69,12 +70,15 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 50
 
 
 def build_app(served: dict[str, Served], batcher: Batcher, limits: Limits | None = None,
-              api_key: str | None = None) -> FastAPI:
+              api_key: str | None = None, jobs=None) -> FastAPI:
+    """The API over `served` (a dict the jobs API adds fine-tuned models to); `jobs`: a
+    `JobsApi` for the files and fine-tuning-jobs routes (else those answer 404)."""
     limits = limits or Limits()
     app = FastAPI(title="lmtune", summary="OpenAI-compatible API for models lmtune trained",
                   responses=ERRORS)
     install_error_handlers(app)
-    app.add_middleware(Guard, api_key=api_key, max_body=limits.max_body)
+    app.add_middleware(Guard, api_key=api_key, max_body=limits.max_body,
+                       max_upload=limits.max_upload)
     api = Api(served, batcher, limits)
 
     app.get("/health")(lambda: {"status": "ok"})
@@ -87,6 +91,8 @@ def build_app(served: dict[str, Served], batcher: Batcher, limits: Limits | None
     app.post("/v1/classify", response_model=ClassifyResponse,
              description="lmtune's own endpoint (not in OpenAI's API): labels and scores "
              "from a classification run, the numbers `lmtune predict` gives.")(api.classify)
+    if jobs is not None:
+        jobs.install(app)
     return app
 
 

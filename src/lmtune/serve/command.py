@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from pathlib import Path
 
 SERVE_HELP = """Serve models over an OpenAI-compatible HTTP API. Examples:
   lmtune serve runs/sft
@@ -37,13 +38,17 @@ def add_serve_command(sub) -> None:
     s.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one answer "
                    "may ask for")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    s.add_argument("--jobs-dir", help="serve OpenAI's files and fine-tuning-jobs API, keeping "
+                   "its files, jobs (SQLite) and run dirs here; jobs survive a restart")
+    s.add_argument("--checkpoint-every", type=int, default=25, help="fine-tuning jobs "
+                   "checkpoint every N optimizer steps (a restarted server resumes there)")
 
 
 def cmd_serve(args) -> int:
     from lmtune import runtime
     from lmtune.errors import LmtuneError
 
-    for flag in ("port", "max_batch", "max_waiting", "max_tokens"):
+    for flag in ("port", "max_batch", "max_waiting", "max_tokens", "checkpoint_every"):
         if getattr(args, flag) < (0 if flag == "port" else 1):
             raise LmtuneError(f"serve: --{flag.replace('_', '-')} must be positive")
     sock = _bind(args.host, args.port)  # before loading: a taken port fails in a second
@@ -58,10 +63,11 @@ def run_server(args, sock: socket.socket) -> int:
     from lmtune.serve.batcher import Batcher
     from lmtune.serve.models import load_served
 
-    served = load_served(args.models, args.precision,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    served = load_served(args.models, args.precision, log=_log)
+    jobs = start_jobs(Path(args.jobs_dir), served, args.precision, args.checkpoint_every) \
+        if args.jobs_dir else None
     batcher = Batcher(max_batch=args.max_batch, max_waiting=args.max_waiting)
-    app = build_app(served, batcher, Limits(max_tokens=args.max_tokens), args.api_key)
+    app = build_app(served, batcher, Limits(max_tokens=args.max_tokens), args.api_key, jobs)
     host, port = sock.getsockname()[:2]
     print(f"serving {', '.join(served)} at http://{host}:{port}/v1 (Ctrl-C stops)",
           file=sys.stderr, flush=True)
@@ -69,9 +75,40 @@ def run_server(args, sock: socket.socket) -> int:
     try:
         server.run(sockets=[sock])
     finally:
+        if jobs is not None:
+            jobs.runner.close()
         batcher.close()
     print("stopped", file=sys.stderr)
     return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def start_jobs(jobs_dir: Path, served: dict, precision: str, checkpoint_every: int):
+    """The jobs API on `jobs_dir`: the models of jobs that succeeded are served again, and
+    the runner takes up the jobs still active (a running one resumes)."""
+    from lmtune.serve.jobs import Runner
+    from lmtune.serve.jobs_api import JobsApi
+    from lmtune.serve.models import load_served, training_base
+    from lmtune.serve.store import Store
+
+    store = Store(jobs_dir / "state.db")
+
+    def serve_job(job: dict, run_dir: Path) -> None:
+        name = job["fine_tuned_model"]
+        served.update(load_served([f"{name}={run_dir}"], precision, log=_log))
+
+    for job in store.jobs(("succeeded",)):
+        run_dir = jobs_dir / "runs" / job["id"]
+        if (run_dir / "model").is_dir():
+            serve_job(job, run_dir)
+        else:
+            _log(f"warning: {run_dir}: job {job['id']}'s model is gone; not served")
+    runner = Runner(store, jobs_dir, lambda name: training_base(served, name), serve_job,
+                    checkpoint_every)
+    return JobsApi(store, runner, jobs_dir, served)
 
 
 def _server(config):

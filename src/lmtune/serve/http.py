@@ -79,10 +79,12 @@ def _dotted(loc: list[str]) -> str:
 
 class Guard:
     """ASGI middleware: the bearer token (when the server has a key) and the body size,
-    before any route runs. The body is read here, at most `max_body` bytes, and handed on."""
+    before any route runs. The body is read here, at most `max_body` bytes (file uploads:
+    `max_upload`), and handed on."""
 
-    def __init__(self, app, api_key: str | None, max_body: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    def __init__(self, app, api_key: str | None, max_body: int, max_upload: int):
+        self.app, self.api_key = app, api_key
+        self.max_body, self.max_upload = max_body, max_upload
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -94,10 +96,11 @@ class Guard:
                 why = "Incorrect API key provided" if given else \
                     "Missing API key: send the header 'Authorization: Bearer KEY'"
                 return await _send(send, ApiError(401, why, code="invalid_api_key"))
+        limit = self.max_upload if scope["path"] == "/v1/files" else self.max_body
         too_big = ApiError(400, f"the request body is over the server's limit of "
-                           f"{self.max_body:,} bytes", code="request_too_large")
+                           f"{limit:,} bytes", code="request_too_large")
         declared = headers.get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_body:
+        if declared.isdigit() and int(declared) > limit:
             return await _send(send, too_big)
         body, more = b"", True
         while more:
@@ -106,7 +109,7 @@ class Guard:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body:
+            if len(body) > limit:
                 return await _send(send, too_big)
         replayed = False
 

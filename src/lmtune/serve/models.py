@@ -32,6 +32,7 @@ class Served:
     task: str
     root: str  # what the model was trained from (itself for a plain model)
     created: int
+    source: str  # what the server was given: a run dir, model dir, alias or hub id
     decoder: Decoder | None = None
     predictor: Predictor | None = None
     adapter: str | None = None  # its adapter's name in a peft model shared with other runs
@@ -75,7 +76,8 @@ def parse_specs(specs: list[str]) -> list[tuple[str, str]]:
 def load_served(specs: list[str], precision: str = "auto", cache_dir: str = "",
                 log=print) -> dict[str, Served]:
     """Every named model, loaded; adapter runs on one base share it."""
-    runs = {name: open_run(path, cache_dir) for name, path in parse_specs(specs)}
+    specs = dict(parse_specs(specs))
+    runs = {name: open_run(path, cache_dir) for name, path in specs.items()}
     for name, run in runs.items():
         task = run.task
         if not (task.labels or task.decodes):
@@ -102,7 +104,22 @@ def load_served(specs: list[str], precision: str = "auto", cache_dir: str = "",
             model, tokenizer = run.load(cache_dir=cache_dir, merge=True)
             served[name] = _card(name, run, decoder=Decoder(
                 model, tokenizer, **decoder_settings(run, tokenizer, precision)))
+    for name, s in served.items():
+        s.source = specs[name]
     return served
+
+
+def training_base(served: dict[str, Served], name: str) -> str:
+    """What a fine-tuning job on model `name` trains from: a served generation model's
+    source, or an alias."""
+    s = served.get(name)
+    if s is None and name in ALIAS_NAMES:
+        return name
+    if s is None or s.decoder is None:
+        chat = [n for n, x in served.items() if x.decoder is not None]
+        raise LmtuneError(f"model: `{name}` is not a model this server fine-tunes; it "
+                          f"fine-tunes {', '.join(chat + list(ALIAS_NAMES))}")
+    return s.source
 
 
 def _load_shared(runs: dict[str, SavedRun], precision: str, cache_dir: str,
@@ -142,4 +159,5 @@ def _path_of(run: SavedRun) -> Path:
 def _card(name: str, run: SavedRun, **parts) -> Served:
     stamp = _path_of(run) / ("summary.json" if run.config is not None else "config.json")
     created = int(stamp.stat().st_mtime) if stamp.exists() else int(time.time())
-    return Served(name=name, task=run.task.name, root=run.base, created=created, **parts)
+    return Served(name=name, task=run.task.name, root=run.base, created=created, source="",
+                  **parts)
