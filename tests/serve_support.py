@@ -21,9 +21,10 @@ FP32 = ["--quiet", "train.precision=fp32", "train.threads=1", "train.min_steps=0
 
 
 @pytest.fixture(scope="session")
-def runs(tiny_llama, tiny_bert, sentiment_csv, chat_jsonl, tmp_path_factory):
+def runs(tiny_llama, tiny_bert, tiny_t5, sentiment_csv, chat_jsonl, pairs_jsonl,
+         tmp_path_factory):
     """A tiny Llama taught to repeat words back, two LoRA runs on the tiny Llama (different
-    seeds: different adapters) and a classifier."""
+    seeds: different adapters), a classifier and a tiny T5 trained on source/target pairs."""
     d = tmp_path_factory.mktemp("serve")
     data = d / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(400)))
@@ -37,14 +38,17 @@ def runs(tiny_llama, tiny_bert, sentiment_csv, chat_jsonl, tmp_path_factory):
                      f"seed={seed}", f"output_dir={d / name}"]) == 0
     assert main(["train", *FP32, f"model={tiny_bert}", f"data.train={sentiment_csv}",
                  "train.max_steps=4", f"output_dir={d / 'clf'}"]) == 0
+    assert main(["train", *FP32, "task=seq2seq", f"model={tiny_t5}", f"data.train={pairs_jsonl}",
+                 "train.batch_size=8", "train.epochs=8", "train.lr=1e-2",
+                 f"output_dir={d / 's2s'}"]) == 0
     return d
 
 
 @pytest.fixture(scope="session")
 def served(runs, tiny_llama):
     return load_served([f"base={tiny_llama}", str(runs / "sft"), str(runs / "lora_a"),
-                        str(runs / "lora_b"), str(runs / "clf")], precision="fp32",
-                       log=lambda m: None)
+                        str(runs / "lora_b"), str(runs / "clf"), str(runs / "s2s")],
+                       precision="fp32", log=lambda m: None)
 
 
 @contextlib.contextmanager

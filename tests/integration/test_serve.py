@@ -32,7 +32,7 @@ CHAT = [{"role": "user", "content": "repeat: the cat sat"}]
 def test_models_are_listed_and_retrieved(api):
     c, _, _ = api
     ids = [m.id for m in c.models.list()]
-    assert ids == ["base", "sft", "lora_a", "lora_b", "clf"]
+    assert ids == ["base", "sft", "lora_a", "lora_b", "clf", "s2s"]
     card = c.models.retrieve("lora_a")
     assert card.id == "lora_a" and card.owned_by == "lmtune"
     assert card.model_extra["task"] == "sft"
@@ -98,6 +98,22 @@ def test_chat_streamed_equals_plain_and_counts_usage(api, served, model):
     assert usage.prompt_tokens == len(served[model].decoder.encode_prompt(conv))
     assert 0 < usage.completion_tokens <= 20
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_an_encoder_decoder_answers_chat_and_completions(api, runs):
+    """The source goes to the encoder; answers are what `lmtune generate` gives."""
+    c, _, _ = api
+    want = Generator(runs / "s2s", precision="fp32").generate(
+        [[Message("user", "the cat sat")]], _settings(6))[0]
+    assert want
+    chat = c.chat.completions.create(model="s2s", max_tokens=6,
+                                     messages=[{"role": "user", "content": "the cat sat"}])
+    assert chat.choices[0].message.content == want
+    text = c.completions.create(model="s2s", prompt="the cat sat", max_tokens=6)
+    assert text.choices[0].text == want
+    stream = c.chat.completions.create(model="s2s", max_tokens=6, stream=True, messages=[
+        {"role": "user", "content": "the cat sat"}])
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream) == want
 
 
 def test_chat_answers_as_lmtune_generate_does(api, runs):
