@@ -78,11 +78,7 @@ class JobsApi:
                             filename=record["filename"])
 
     def _file(self, file_id: str) -> dict:
-        record = self.store.file(file_id)
-        if record is None:
-            raise ApiError(404, f"No such file: {file_id}", param="file_id",
-                           code="file_not_found")
-        return record
+        return _found(self.store.file(file_id), "file", file_id)
 
     # -------------------------------------------------------------------------- jobs
     async def create(self, req: JobRequest, request: Request) -> Job:
@@ -134,11 +130,14 @@ class JobsApi:
                               last_id=ids[-1] if ids else None)
 
     def _job(self, job_id: str) -> dict:
-        job = self.store.job(job_id)
-        if job is None:
-            raise ApiError(404, f"No such fine-tuning job: {job_id}", param="job_id",
-                           code="job_not_found")
-        return job
+        return _found(self.store.job(job_id), "job", job_id)
+
+
+def _found(record: dict | None, kind: str, key: str) -> dict:
+    if record is None:
+        raise ApiError(404, f"No such {kind}: {key}", param=f"{kind}_id",
+                       code=f"{kind}_not_found")
+    return record
 
 
 def _page(items: list, after: str | None, limit: int) -> dict:

@@ -93,18 +93,27 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class Choice(BaseModel):
     index: int
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Optional[Literal["stop", "length"]] = None  # null until a stream's end
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
+class Answer(BaseModel):
+    """What every response and stream chunk starts with (a chunk repeats its response's)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+
+
+class ChatChoice(Choice):
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(Answer):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
 
@@ -114,36 +123,24 @@ class Delta(BaseModel):
     content: Optional[str] = None
 
 
-class ChunkChoice(BaseModel):
-    index: int
+class ChunkChoice(Choice):
     delta: Delta
-    finish_reason: Optional[Literal["stop", "length"]] = None
-    logprobs: None = None
 
 
-class ChatChunk(BaseModel):
-    id: str
+class ChatChunk(Answer):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChunkChoice]
     usage: Optional[Usage] = None
 
 
-class TextChoice(BaseModel):
-    index: int
+class TextChoice(Choice):
     text: str
-    finish_reason: Optional[Literal["stop", "length"]] = None
-    logprobs: None = None
 
 
-class Completion(BaseModel):
+class Completion(Answer):
     """A whole completion, and (with `finish_reason` null until the end) a streamed chunk."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[TextChoice]
     usage: Optional[Usage] = None
 
