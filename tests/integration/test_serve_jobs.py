@@ -159,3 +159,32 @@ def test_files_pagination_cancel_bad_lines_and_idempotency(tiny_llama, chat_file
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_a_dpo_job_trains_on_openai_preference_pairs(tiny_llama, tmp_path):
+    rows = []
+    for r in chat_rows(120, seed=3):
+        question, answer = (m["content"] for m in r["messages"])
+        rows.append({"input": {"messages": [{"role": "user", "content": question}]},
+                     "preferred_output": [{"role": "assistant", "content": answer}],
+                     "non_preferred_output": [{"role": "assistant",
+                                               "content": " ".join(answer.split()[::-1])}]})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs_dir = tmp_path / "jobs"
+    proc, url, log = start(jobs_dir, tiny_llama)
+    try:
+        c = client(url)
+        f = c.files.create(file=path.open("rb"), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={
+            "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}})
+        done = wait_for(lambda: (j := c.fine_tuning.jobs.retrieve(job.id)).status
+                        not in ("validating_files", "queued", "running") and j)
+        assert done.status == "succeeded", (done.error, "".join(log))
+        assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+        config = (jobs_dir / "runs" / job.id / "config.yaml").read_text()
+        assert "task: dpo" in config and "beta: 0.2" in config
+        assert any(e.type == "metrics" for e in c.fine_tuning.jobs.list_events(job.id))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0

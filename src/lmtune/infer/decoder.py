@@ -15,6 +15,7 @@ so what training measures is what inference does.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from typing import Callable, Iterator
@@ -155,8 +156,7 @@ class Decoder:
         from transformers import StoppingCriteriaList
 
         input_ids, attention, pad = self._inputs(rows)
-        kwargs = self._kwargs(g, pad)
-        kwargs.pop("stop_strings", None), kwargs.pop("tokenizer", None)
+        kwargs = self._kwargs(dataclasses.replace(g, stop=[]), pad)
         was_training = self.model.training
         self.model.eval()
         try:

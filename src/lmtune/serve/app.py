@@ -101,7 +101,8 @@ class Api:
         self.served, self.batcher, self.limits = served, batcher, limits
 
     async def models(self) -> ModelList:
-        return ModelList(data=[self._card(s) for s in self.served.values()])
+        # a list first: the jobs runner may add a model meanwhile
+        return ModelList(data=[self._card(s) for s in list(self.served.values())])
 
     async def model(self, model_id: str) -> ModelCard:
         return self._card(self._find(model_id))

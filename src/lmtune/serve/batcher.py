@@ -170,7 +170,7 @@ class Batcher:
             return
         decoder = served.decoder
         settings = replace(served.settings, max_new_tokens=max(r.max_tokens for r, _ in rows),
-                           temperature=first.temperature, top_p=first.top_p, stop=[])
+                           temperature=first.temperature, top_p=first.top_p)
         served.activate()
         if first.seed is not None:
             torch.manual_seed(first.seed)

@@ -52,8 +52,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
+        # a retried job creation could start the job twice (the openai client sends no
+        # idempotency key): say not to
+        creates = request.method == "POST" and request.url.path == "/v1/fine_tuning/jobs"
         return ApiError(500, f"the server failed: {type(e).__name__}: {e}",
-                        type="server_error", code="internal_error").response()
+                        type="server_error", code="internal_error",
+                        headers={"x-should-retry": "false"} if creates else None).response()
 
 
 def validation_error(errors) -> ApiError:

@@ -108,11 +108,12 @@ class Runner:
         if job["status"] == "validating_files":
             if error := self._validate(job):
                 return self._fail(job["id"], *error)
-            self.store.update_job(job["id"], status="queued")
-            self.store.add_event(job["id"], "Files validated, job queued")
+            if self.store.update_job(job["id"], ("validating_files",), status="queued"):
+                self.store.add_event(job["id"], "Files validated, job queued")
             return
-        self.store.update_job(job["id"], status="running")
-        self._train(self.store.job(job["id"]))
+        running = self.store.update_job(job["id"], ("queued", "running"), status="running")
+        if running:  # else cancelled meanwhile
+            self._train(running)
 
     def _validate(self, job: dict) -> tuple[str, str, str] | None:
         from lmtune.data.readers import read_jsonl
@@ -132,9 +133,9 @@ class Runner:
         return None
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None = None) -> None:
-        self.store.update_job(job_id, status="failed", finished_at=int(time.time()),
-                              error={"code": code, "message": message, "param": param})
-        self.store.add_event(job_id, f"Job failed: {message}", level="error")
+        if self.store.update_job(job_id, ACTIVE, status="failed", finished_at=int(time.time()),
+                                 error={"code": code, "message": message, "param": param}):
+            self.store.add_event(job_id, f"Job failed: {message}", level="error")
 
     def _train(self, job: dict) -> None:
         run_dir = self.run_dir(job["id"])
@@ -185,10 +186,11 @@ class Runner:
 
         job["fine_tuned_model"] = job_model_name(job)
         self.on_success(job, run_dir)  # served before the job says it succeeded
-        self.store.update_job(job_id, status="succeeded", finished_at=int(time.time()),
-                              trained_tokens=trained_tokens(run_dir),
-                              fine_tuned_model=job["fine_tuned_model"])
-        self.store.add_event(job_id, "The job has successfully completed")
+        if self.store.update_job(job_id, ("running",), status="succeeded",
+                                 finished_at=int(time.time()),
+                                 trained_tokens=trained_tokens(run_dir),
+                                 fine_tuned_model=job["fine_tuned_model"]):
+            self.store.add_event(job_id, "The job has successfully completed")
 
 
 def _hold(path: Path, give_up: Callable[[], bool]) -> int | None:

@@ -111,7 +111,10 @@ class JobsApi:
         if job["status"] not in ACTIVE:
             raise ApiError(400, f"job {job_id} is {job['status']}; only a job still "
                            "validating, queued or running can be cancelled", param="job_id")
-        job = self.store.update_job(job_id, status="cancelled", finished_at=int(time.time()))
+        job = self.store.update_job(job_id, ACTIVE, status="cancelled",
+                                    finished_at=int(time.time()))
+        if job is None:  # it ended meanwhile
+            return await self.cancel(job_id)
         self.store.add_event(job_id, "Job cancelled")
         self.runner.cancel(job_id)
         return _job(job)

@@ -92,12 +92,18 @@ class Store:
         rows = self._run("SELECT * FROM jobs ORDER BY seq DESC")
         return [_job(r) for r in rows if not statuses or r["status"] in statuses]
 
-    def update_job(self, job_id: str, **fields: Any) -> dict:
+    def update_job(self, job_id: str, expect: tuple[str, ...] = (),
+                   **fields: Any) -> dict | None:
+        """Set `fields`; with `expect`, only while the job's status is one of those (a job
+        cancelled meanwhile stays cancelled): None when it was not."""
         if "error" in fields and fields["error"] is not None:
             fields["error"] = json.dumps(fields["error"])
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._run(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
-        return self.job(job_id)
+        where = f" AND status IN ({', '.join('?' * len(expect))})" if expect else ""
+        with self.lock:
+            changed = self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{where}",
+                                      (*fields.values(), job_id, *expect)).rowcount
+        return self.job(job_id) if changed else None
 
     # ------------------------------------------------------------------------ events
     def add_event(self, job_id: str, message: str, level: str = "info",
