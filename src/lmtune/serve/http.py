@@ -54,7 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def server_error(request: Request, e: Exception) -> JSONResponse:
         # a retried job creation could start the job twice (the openai client sends no
         # idempotency key): say not to
-        creates = request.method == "POST" and request.url.path == "/v1/fine_tuning/jobs"
+        creates = (request.url.path, request.method) == ("/v1/fine_tuning/jobs", "POST")
         return ApiError(500, f"the server failed: {type(e).__name__}: {e}",
                         type="server_error", code="internal_error",
                         headers={"x-should-retry": "false"} if creates else None).response()
