@@ -123,10 +123,11 @@ def recommend(rows: list[Row], available: float) -> tuple[str | None, str]:
         return None, (f"no method fits in {available:,.0f} MB; lower train.batch_size (with "
                       "train.grad_accum to keep the effective batch), set "
                       "train.gradient_checkpointing=true or a shorter train.max_length")
-    full = max(fits, key=lambda r: r.trainable_params)  # trains the most weights
-    if full.peak_memory_mb <= 0.8 * available:
-        return full.method, (f"{full.method} fits with {available - full.peak_memory_mb:,.0f} "
-                             "MB to spare and trains the most weights")
+    widest = max(fits, key=lambda r: r.trainable_params)  # trains the most weights
+    if widest.peak_memory_mb <= 0.8 * available:
+        return widest.method, (f"{widest.method} fits with "
+                               f"{available - widest.peak_memory_mb:,.0f} MB to spare and "
+                               "trains the most weights")
     best = min(fits, key=lambda r: (r.peak_memory_mb, r.total_seconds or 0))
     return best.method, (f"{best.method} needs the least memory of the methods that fit "
                          f"({best.peak_memory_mb:,.0f} of {available:,.0f} MB)")
