@@ -26,6 +26,7 @@ class Strategy:
     def __init__(self, accelerator, tc: TrainConfig, precision: str):
         self.accelerator, self.tc, self.precision = accelerator, tc, precision
         self.model: nn.Module | None = None  # what the forward runs (a wrapper, maybe)
+        self._inner: nn.Module | None = None  # the model inside that wrapper
         self.optimizer = None
 
     # ------------------------------------------------------------------- processes
@@ -65,13 +66,16 @@ class Strategy:
 
     def wrap(self, model: nn.Module, optimizer) -> nn.Module:
         """Hand the model and optimizer over; returns what the forward runs."""
+        self._inner = model  # DDP wraps this very object; accelerate only moves it in place
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         return self.model
 
     @property
     def module(self) -> nn.Module:
-        """The model itself, without DDP's or DeepSpeed's wrapper."""
-        return self.accelerator.unwrap_model(self.model)
+        """The model itself, without DDP's wrapper. Kept from `wrap` rather than asked of
+        accelerate, whose unwrapping imports DeepSpeed wherever it is installed: seconds and
+        about 40 MB in a process that never uses it."""
+        return self._inner
 
     # ------------------------------------------------------------------------ step
 

@@ -54,14 +54,18 @@ def calibration_key(cfg: Config, model_path: str, labels: int) -> str:
 
 
 def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
-    """(rows, width, trained tokens per row) for the probe: two widths, two batch sizes,
-    and a quarter of the tokens trained besides all of them (a language-model loss)."""
-    w1, w2 = min(64, max_width), min(128, max_width)
+    """(rows, width, trained tokens per row) for the probe: two batch sizes at widths 64
+    and 128, a quarter of the tokens trained besides all of them (a language-model loss),
+    and half the rows at width 256, where the model takes it: a step's memory and time are
+    not linear in the width on a CPU (attention, and the allocator), so the fit must see
+    the widths that instruction data reaches rather than extrapolate to them."""
+    w1, w2, w3 = (min(w, max_width) for w in (64, 128, 256))
     per = PROBE_TOKEN_BUDGET / max(params, 1) / w2
     rows = min(32, max(2, 1 << int(max(per, 1)).bit_length() - 1))
     half = rows // 2
-    return [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
-            (rows, w2, w2)]
+    out = [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
+           (rows, w2, w2)]
+    return out + [(half, w3, w3)] if w3 > w2 else out
 
 
 def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
@@ -74,9 +78,9 @@ def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
 
 def calibrate(cfg: Config, model_path: str, label_names: list[str] | None, params: int,
               max_width: int) -> Calibration:
-    """`max_width`: the model's positions (the probe's shapes are the same for every run of
-    this model, so one calibration serves them all)."""
-    """Measure (in a child process, a few training steps) and keep the result."""
+    """Measure (in a child process, a few training steps) and keep the result. `max_width`:
+    the model's positions (the probe's shapes are the same for every run of this model, so
+    one calibration serves them all)."""
     labels = len(label_names or [])
     path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
     spec = {"config": cfg.to_dict(), "model_path": model_path, "label_names": label_names,

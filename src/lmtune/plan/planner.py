@@ -85,8 +85,11 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
         models, steps = zip(*(analytic_mb(shape, b.rows, b.width, b.trained)
                               for b in run.batches))
         model_mb, step_mb = models[0], max(steps)
-    peak = max(run.peak_so_far_mb,
-               run.base_mb + model_mb + best_mb + max(step_mb, save_mb))
+    # The process as it holds the data and the libraries this method's model needs: those
+    # are imported by now (`model_shape` built the model on the meta device), as they are in
+    # a training process before its weights load; the probe measures from the same point.
+    base_mb = max(run.base_mb, memory_mb())
+    peak = max(run.peak_so_far_mb, base_mb + model_mb + best_mb + max(step_mb, save_mb))
     seconds = total = None
     if cal is not None:
         accum = cfg.train.grad_accum

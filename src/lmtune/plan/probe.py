@@ -73,7 +73,7 @@ def mixed_steps(step, points: list[tuple]) -> float:
     is above its largest single step by a factor this measures."""
     from lmtune import runtime
 
-    order = [points[i] for i in (0, 4, 1, 3, 2, 0, 3, 4, 1, 2) if i < len(points)]
+    order = [points[i] for i in (0, 4, 1, 5, 3, 2, 0, 3, 4, 1, 5, 2) if i < len(points)]
     runtime.release_free_memory()
     before = memory_mb()
     reset_peak()
@@ -95,6 +95,7 @@ def main() -> int:
     from lmtune.methods import get_method
     from lmtune.models.load import load_tokenizer
     from lmtune.optim import build_optimizer
+    from lmtune.plan.shape import model_shape
     from lmtune.prepare import build_model
     from lmtune.tasks import get_task
     from lmtune.typed_yaml import build
@@ -106,6 +107,9 @@ def main() -> int:
     out: dict = {}
     with runtime.threads(cfg.train.threads or runtime.default_threads()):
         tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
+        # What the model's libraries add is the planner's base (it builds the model on the
+        # meta device before predicting, as training does before loading), not the model's.
+        model_shape(cfg, task, spec["model_path"], spec["label_names"], precision)
         out["before_model_mb"] = memory_mb()
         began = time.perf_counter()
         kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
