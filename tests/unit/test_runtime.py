@@ -115,3 +115,18 @@ def test_accelerate_deepspeed_launch_is_refused_with_the_way_to_ask_for_it(monke
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(LmtuneError, match="train.distributed=deepspeed"):
         make_accelerator()
+
+
+def test_one_process_strategy_hands_back_its_model_without_importing_deepspeed():
+    """Validation asks for the unwrapped model; accelerate's unwrapping would import
+    DeepSpeed (seconds, tens of MB) in every run where it is installed."""
+    out = run_python("""
+import sys, torch
+from lmtune.config import TrainConfig
+from lmtune.distributed import make_strategy
+model = torch.nn.Linear(4, 2)
+strategy = make_strategy(TrainConfig(), "fp32")
+strategy.wrap(model, torch.optim.AdamW(model.parameters()))
+print(strategy.module is model, "deepspeed" in sys.modules)
+""")
+    assert out.split() == ["True", "False"]
