@@ -75,3 +75,17 @@ def test_recommend_full_where_it_fits_with_room_else_the_leanest_that_fits():
     chosen, why = recommend([row("full", 2000, False)], 1000)
     assert chosen is None and "train.batch_size" in why
 
+
+
+def test_a_calibration_of_another_probe_version_is_not_reused(tmp_path, monkeypatch):
+    """What the probe measures changed (its shapes, where its base is read): a calibration
+    an older probe made must be measured again, not mixed with the new accounting."""
+    from lmtune.config import load_config
+    from lmtune.plan import calibrate
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    cfg = load_config(None, [])
+    key = calibrate.calibration_key(cfg, str(tmp_path), 2)
+    assert calibrate.calibration_key(cfg, str(tmp_path), 2) == key
+    monkeypatch.setattr(calibrate, "PROBE_VERSION", calibrate.PROBE_VERSION + 1)
+    assert calibrate.calibration_key(cfg, str(tmp_path), 2) != key

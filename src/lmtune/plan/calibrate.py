@@ -27,6 +27,9 @@ STEP_KEYS = ("task", "method", "quantize", "attention", "trust_remote_code",
 # costs grow once activations outgrow the CPU's caches), and a step of either takes a few
 # seconds on a laptop CPU.
 PROBE_TOKEN_BUDGET = 1e11
+# Raised whenever what the probe measures changes (its shapes, where its base is read), so a
+# calibration of an older lmtune is measured again rather than mixed with the new model.
+PROBE_VERSION = 2
 
 
 def step_settings(cfg: Config) -> dict:
@@ -47,7 +50,7 @@ def machine() -> dict:
 
 def calibration_key(cfg: Config, model_path: str, labels: int) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([machine(), step_settings(cfg), labels], sort_keys=True,
+    h.update(json.dumps([PROBE_VERSION, machine(), step_settings(cfg), labels], sort_keys=True,
                         default=str).encode())
     digest_model_files(model_path, h)
     return h.hexdigest()
