@@ -39,7 +39,7 @@ demo: setup
 	$(BIN)/lmtune train
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
