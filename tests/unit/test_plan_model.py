@@ -76,7 +76,6 @@ def test_recommend_full_where_it_fits_with_room_else_the_leanest_that_fits():
     assert chosen is None and "train.batch_size" in why
 
 
-
 def test_a_calibration_of_another_probe_version_is_not_reused(tmp_path, monkeypatch):
     """What the probe measures changed (its shapes, where its base is read): a calibration
     an older probe made must be measured again, not mixed with the new accounting."""
