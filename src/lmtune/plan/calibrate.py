@@ -71,8 +71,12 @@ def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
     return out + [(half, w3, w3)] if w3 > w2 else out
 
 
+def calibration_path(cfg: Config, model_path: str, labels: int) -> Path:
+    return cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+
+
 def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
-    path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+    path = calibration_path(cfg, model_path, labels)
     try:
         return Calibration.from_probe(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError):
@@ -84,8 +88,7 @@ def calibrate(cfg: Config, model_path: str, label_names: list[str] | None, param
     """Measure (in a child process, a few training steps) and keep the result. `max_width`:
     the model's positions (the probe's shapes are the same for every run of this model, so
     one calibration serves them all)."""
-    labels = len(label_names or [])
-    path = cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+    path = calibration_path(cfg, model_path, len(label_names or []))
     spec = {"config": cfg.to_dict(), "model_path": model_path, "label_names": label_names,
             "points": probe_points(params, max_width)}
     done = subprocess.run([sys.executable, "-m", "lmtune.plan.probe"], input=json.dumps(spec),

@@ -14,7 +14,7 @@ from lmtune.errors import LmtuneError
 from lmtune.plan.calibrate import cached
 from lmtune.plan.model import Batch
 from lmtune.plan.planner import RunShape, method_config, predict, run_shape
-from lmtune.plan.shape import available_mb, model_shape
+from lmtune.plan.shape import ModelShape, available_mb, model_shape
 
 
 def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str] | None,
@@ -23,14 +23,16 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
     LmtuneError (exit 2) when the peak is predicted above the available memory."""
     run = run_shape(cfg, task, data, world, 0.0)
     available = available_mb()
-    row = _row(cfg, task, run, model_path, label_names, precision, available)
+    shape = model_shape(cfg, task, model_path, label_names, precision)
+    row = _row(cfg, run, shape, model_path, label_names, available)
     prediction = {"peak_memory_mb": round(row.peak_memory_mb, 1),
                   "seconds_per_step": row.seconds_per_step, "calibrated": row.calibrated,
                   "available_mb": round(available)}
     if row.fits or not cfg.train.memory_guard:
         return prediction
     longest = max(run.batches, key=lambda b: b.rows * b.width)
-    advice = cheapest_fix(cfg, task, run, model_path, label_names, precision, available)
+    advice = cheapest_fix(cfg, task, run, shape, model_path, label_names, precision,
+                          available)
     how = "" if row.calibrated else "; not measured here yet: `lmtune plan` measures it"
     raise LmtuneError(
         f"train: predicted peak memory {row.peak_memory_mb:,.0f} MB is more than the "
@@ -39,35 +41,36 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
         "train.memory_guard=false")
 
 
-def _row(cfg, task, run: RunShape, model_path, label_names, precision, available):
-    shape = model_shape(cfg, task, model_path, label_names, precision)
+def _row(cfg, run: RunShape, shape: ModelShape, model_path, label_names, available):
     return predict(cfg, run, shape, cached(cfg, model_path, len(label_names or [])),
                    available)
 
 
-def cheapest_fix(cfg: Config, task, run: RunShape, model_path: str, label_names,
-                 precision: str, available: float) -> str:
+def cheapest_fix(cfg: Config, task, run: RunShape, shape: ModelShape, model_path: str,
+                 label_names, precision: str, available: float) -> str:
     """The first change, in order of what it costs the run, that is predicted to fit:
     smaller micro-batches with accumulation (the same effective batch), a shorter
-    train.max_length, LoRA. Gradient checkpointing is named where none of these fits."""
+    train.max_length, LoRA. Gradient checkpointing is named where none of these fits.
+    Batch sizes and lengths leave the model as it is: its `shape` is counted once."""
     tc = cfg.train
     size = tc.batch_size // 2
     while size >= 1:
         small = replace(tc, batch_size=size, grad_accum=tc.grad_accum * tc.batch_size // size)
         c = replace(cfg, train=small)
-        if _row(c, task, _rebatched(run, c, task), model_path, label_names, precision,
+        if _row(c, _rebatched(run, c, task), shape, model_path, label_names,
                 available).fits:
             return (f"train.batch_size={size} train.grad_accum={small.grad_accum} keeps the "
                     "effective batch and is predicted to fit")
         size //= 2
     length = tc.max_length // 2
     while length >= 32:
-        if _row(cfg, task, _capped(run, length), model_path, label_names, precision,
+        if _row(cfg, _capped(run, length), shape, model_path, label_names,
                 available).fits:
             return f"train.max_length={length} is predicted to fit"
         length //= 2
     lora = method_config(cfg, "lora")  # the same run where it is lora already
-    if _row(lora, task, run, model_path, label_names, precision, available).fits:
+    lora_shape = model_shape(lora, task, model_path, label_names, precision)
+    if _row(lora, run, lora_shape, model_path, label_names, available).fits:
         return "method=lora is predicted to fit"
     return ("no single change is predicted to fit: combine a smaller train.batch_size, "
             "train.gradient_checkpointing=true and a shorter train.max_length, or use a "
