@@ -7,7 +7,8 @@ The child builds the model exactly as `lmtune train` does (`prepare.build_model`
 same optimizer, distribution strategy (one process) and task loss, so what it measures is
 what training holds: the memory the model and the optimizer's state add, and for each
 batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
-forward pass alone (evaluation), and the memory a step adds on top of the rest.
+forward pass alone (evaluation), the machine's speed just then (`speed.py`), and the memory
+a step adds on top of the rest.
 
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
@@ -96,6 +97,7 @@ def main() -> int:
     from lmtune.models.load import load_tokenizer
     from lmtune.optim import build_optimizer
     from lmtune.plan.shape import model_shape
+    from lmtune.plan.speed import reference_seconds
     from lmtune.prepare import build_model
     from lmtune.tasks import get_task
     from lmtune.typed_yaml import build
@@ -105,7 +107,8 @@ def main() -> int:
     precision = runtime.resolve_precision(cfg.train.precision)
     runtime.seed_everything(cfg.seed)
     out: dict = {}
-    with runtime.threads(cfg.train.threads or runtime.default_threads()):
+    threads = cfg.train.threads or runtime.default_threads()
+    with runtime.threads(threads):
         tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
         # What the model's libraries add is the planner's base (it builds the model on the
         # meta device before predicting, as training does before loading), not the model's.
@@ -156,8 +159,11 @@ def main() -> int:
         for p in points:
             data, trained = batch(*p)
             step(data)  # warm: the kernels of this shape are built
+            # The machine's speed beside each shape's timings: the fit divides it out.
+            reference = reference_seconds(threads, repeats=3)
             runs = [step(data) for _ in range(spec.get("repeats", 3))]
             out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
+                                  "reference_seconds": reference,
                                   "backward_seconds": min(r[0] for r in runs),
                                   "update_seconds": min(r[1] for r in runs),
                                   "forward_seconds": min(forward(data) for _ in range(2))})
