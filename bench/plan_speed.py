@@ -1,8 +1,9 @@
 """Does the planner's speed reference (plan/speed.py) slow down as training does? A real
 training step (MiniLM, full fine-tuning, 32 rows x 64 tokens, one thread on core 0) and the
-reference workload, timed alternately while core 1 is idle, streams memory, or multiplies
-matrices. The planner scales its predicted step times by the reference's slowdown, so the
-two slowdowns should agree.
+reference workload, timed alternately while another process streams memory or multiplies
+matrices on core 1 (a neighbour's traffic), or shares core 0 (what CPU steal does to a
+virtual machine: its core's time goes elsewhere). The planner scales its predicted step
+times by the reference's slowdown, so the two slowdowns should agree.
 
     .venv/bin/python bench/plan_speed.py
 
@@ -19,13 +20,18 @@ import time
 
 import torch
 
-# What core 1 does meanwhile: nothing, copy 256 MB arrays (other tenants' memory traffic),
-# or multiply 1024 x 1024 matrices (other tenants' compute, the caches shared).
+STREAM = ("import numpy as np\na = np.ones(2**25); b = np.empty_like(a)\n"
+          "while True: np.copyto(b, a); np.copyto(a, b)")
+MATMUL = "import numpy as np\na = np.random.rand(1024, 1024)\nwhile True: a @ a"
+SPIN = "while True: pass"
+# (what the other process runs, on which core): copying 256 MB arrays is memory traffic,
+# 1024 x 1024 matmuls are compute sharing the caches, a busy loop on core 0 takes half its time.
 COMPETITORS = {
-    "idle": None,
-    "memory traffic": "import numpy as np\na = np.ones(2**25); b = np.empty_like(a)\n"
-                      "while True: np.copyto(b, a); np.copyto(a, b)",
-    "matmul": "import numpy as np\na = np.random.rand(1024, 1024)\nwhile True: a @ a",
+    "idle": (None, 1),
+    "memory traffic on core 1": (STREAM, 1),
+    "matmul on core 1": (MATMUL, 1),
+    "busy loop on core 0": (SPIN, 0),
+    "memory traffic on core 0": (STREAM, 0),
 }
 
 
@@ -70,15 +76,15 @@ def main() -> None:
     print(f"host: {env['cpu']}, {env['cores']} cores, bf16={env['bf16']}; torch "
           f"{env['torch']}; {time.strftime('%Y-%m-%d %H:%M')}; measured on core 0, one thread")
     step = training_step()
-    print("| core 1 | step s | reference s | step slowdown | reference slowdown | ratio |")
+    print("| meanwhile | step s | reference s | step slowdown | reference slowdown | ratio |")
     print("|---|---|---|---|---|---|")
     base = None
     worst = 1.0
-    for name, code in COMPETITORS.items():
+    for name, (code, core) in COMPETITORS.items():
         other = None
         if code is not None:
             other = subprocess.Popen([sys.executable, "-c", code],
-                                     preexec_fn=lambda: os.sched_setaffinity(0, {1}))
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {core}))
             time.sleep(2)  # its arrays allocated, its loop running
         try:
             s, r = timed(step, reference_seconds)

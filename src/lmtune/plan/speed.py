@@ -5,9 +5,11 @@ beside every shape it times and the planner reads it again before predicting; pr
 times are scaled by the ratio, so a calibration made in a slow hour does not overstate a
 fast one's steps.
 
-The workload is two small transformer encoder layers trained one step (forward, backward)
-on a fixed batch: the same mix of matmuls, softmax, normalization and elementwise traffic a
-training step has, so it slows with whatever slows training, where a bare matmul does not.
+The workload is a small BERT-sized encoder (6 layers of width 384, 42 MB of fp32 weights:
+more than a CPU's caches hold) trained one step on a small batch: the same mix of matmuls,
+softmax, normalization and weight and gradient traffic through memory that a training step
+has, so it slows with whatever slows training, where a bare matmul that fits in the caches
+does not (`bench/plan_speed.py` compares the two slowdowns).
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import torch
 
 from lmtune import runtime
 
-# 4 rows x 128 tokens through 2 layers of width 256: about 5 GFLOP a repeat, a tenth of a
-# second on a laptop CPU; the median of a few repeats shrugs off one interruption.
-ROWS, WIDTH, HIDDEN, LAYERS, REPEATS = 4, 128, 256, 2, 5
+# 4 rows x 32 tokens through 6 layers of width 384: about 8 GFLOP a repeat, a tenth of a
+# second or two on a laptop CPU; the median of a few repeats shrugs off one interruption.
+ROWS, WIDTH, HIDDEN, LAYERS, REPEATS = 4, 32, 384, 6, 5
 
 
 def reference_seconds(threads: int = 0, repeats: int = REPEATS) -> float:
@@ -32,7 +34,7 @@ def reference_seconds(threads: int = 0, repeats: int = REPEATS) -> float:
     with runtime.threads(threads):
         with torch.random.fork_rng(devices=[]):  # the layers' own init draws from it
             layers = torch.nn.Sequential(*(torch.nn.TransformerEncoderLayer(
-                HIDDEN, 4, 4 * HIDDEN, dropout=0.0, batch_first=True) for _ in range(LAYERS)))
+                HIDDEN, 6, 4 * HIDDEN, dropout=0.0, batch_first=True) for _ in range(LAYERS)))
         with torch.no_grad():
             for p in layers.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
