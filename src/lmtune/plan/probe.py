@@ -160,7 +160,7 @@ def main() -> int:
             data, trained = batch(*p)
             step(data)  # warm: the kernels of this shape are built
             # The machine's speed beside each shape's timings: the fit divides it out.
-            reference = reference_seconds(threads, repeats=3)
+            reference = reference_seconds(threads, repeats=2)
             runs = [step(data) for _ in range(spec.get("repeats", 3))]
             out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
                                   "reference_seconds": reference,
