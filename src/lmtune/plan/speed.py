@@ -1,6 +1,6 @@
 """How fast this machine runs right now, as a fixed workload's seconds: the planner's time
-coefficients are measured once, but a shared or throttled machine's speed moves by a third
-within an hour (other tenants' memory traffic, CPU steal). The probe reads this reference
+coefficients are measured once, but a shared or throttled machine's speed moves from one
+hour to the next (other tenants' memory traffic, CPU steal, clocks). The probe reads this reference
 beside every shape it times and the planner reads it again before predicting; predicted
 times are scaled by the ratio, so a calibration made in a slow hour does not overstate a
 fast one's steps.
@@ -9,7 +9,7 @@ The workload is a small BERT-sized encoder (6 layers of width 384, 42 MB of fp32
 more than a CPU's caches hold) trained one step on a small batch: the same mix of matmuls,
 softmax, normalization and weight and gradient traffic through memory that a training step
 has, so it slows with whatever slows training, where a bare matmul that fits in the caches
-does not (`bench/plan_speed.py` compares the two slowdowns).
+may not (`bench/plan_speed.py` compares its slowdown with a real training step's).
 """
 from __future__ import annotations
 
