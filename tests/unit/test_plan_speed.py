@@ -21,7 +21,8 @@ def probe_output(slowdowns: list[float]) -> dict:
             "update_seconds": 0.02 * s, "reference_seconds": 0.1 * s}
            for (b, w, t), s in zip(SHAPES, slowdowns)]
     return {"points": pts, "loaded_mb": 300.0, "before_model_mb": 200.0,
-            "optimizer_mb": 20.0, "load_seconds": 1.0, "mixed_step_mb": 60.0}
+            "optimizer_mb": 20.0, "load_seconds": 1.0, "mixed_step_mb": 60.0,
+            "reference_seconds": 0.1}
 
 
 def test_a_slow_minute_during_one_probe_shape_does_not_bend_the_time_fit():

@@ -113,6 +113,10 @@ def main() -> int:
         # What the model's libraries add is the planner's base (it builds the model on the
         # meta device before predicting, as training does before loading), not the model's.
         model_shape(cfg, task, spec["model_path"], spec["label_names"], precision)
+        # The machine's speed where the guard and the planner read it: before any weight
+        # is loaded (read later, beside a large model's steps, it runs slower: its caches
+        # and memory are busy with the model's, and the ratio would be biased).
+        out["reference_seconds"] = reference_seconds(threads)
         out["before_model_mb"] = memory_mb()
         began = time.perf_counter()
         kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
@@ -159,7 +163,8 @@ def main() -> int:
         for p in points:
             data, trained = batch(*p)
             step(data)  # warm: the kernels of this shape are built
-            # The machine's speed beside each shape's timings: the fit divides it out.
+            # The machine's speed beside each shape's timings: the fit divides out how it
+            # changes from one shape to the next.
             reference = reference_seconds(threads, repeats=2)
             runs = [step(data) for _ in range(spec.get("repeats", 3))]
             out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
