@@ -29,7 +29,7 @@ STEP_KEYS = ("task", "method", "quantize", "attention", "trust_remote_code",
 PROBE_TOKEN_BUDGET = 1e11
 # Raised whenever what the probe measures changes (its shapes, where its base is read), so a
 # calibration of an older lmtune is measured again rather than mixed with the new model.
-PROBE_VERSION = 3
+PROBE_VERSION = 4
 
 
 def step_settings(cfg: Config) -> dict:
