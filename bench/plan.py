@@ -101,9 +101,9 @@ def main() -> None:
     print(f"host: {env['cpu']}, {env['cores']} cores, bf16={env['bf16']}; torch "
           f"{env['torch']}, transformers {env['transformers']}; {time.strftime('%Y-%m-%d %H:%M')}")
     print("| configuration | peak MB predicted | measured | error | uncalibrated | error | "
-          "s/step predicted | measured | error | speed now / at calibration | error unscaled |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    mem, sec, raw, unscaled = [], [], [], []
+          "s/step predicted | measured | error |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    mem, sec, raw = [], [], []
     for name, overrides in CONFIGS:
         if args.only and args.only not in name:
             continue
@@ -117,18 +117,12 @@ def main() -> None:
         mem.append(abs(m["memory_error"]))
         sec.append(abs(m["time_error"]))
         raw.append(abs(flat_err))
-        # The same prediction without scaling to the machine's speed now (plan/speed.py).
-        ratio = m["speed_ratio"] or 1.0
-        plain_err = m["predicted_seconds"] / ratio / m["seconds_per_step"] - 1
-        unscaled.append(abs(plain_err))
         print(f"| {name} | {m['predicted_peak_mb']:,.0f} | {m['peak_memory_mb']:,.0f} | "
               f"{m['memory_error']:+.1%} | {flat:,.0f} | {flat_err:+.1%} | "
               f"{m['predicted_seconds']:.3f} | {m['seconds_per_step']:.3f} | "
-              f"{m['time_error']:+.1%} | {ratio:.2f} | {plain_err:+.1%} |", flush=True)
+              f"{m['time_error']:+.1%} |", flush=True)
     print(f"memory_mae={statistics.mean(mem):.3f} memory_max={max(mem):.3f} "
           f"time_mae={statistics.mean(sec):.3f} time_max={max(sec):.3f} "
-          f"unscaled_time_mae={statistics.mean(unscaled):.3f} "
-          f"unscaled_time_max={max(unscaled):.3f} "
           f"uncalibrated_memory_mae={statistics.mean(raw):.3f} rows={len(mem)}")
 
 

@@ -29,6 +29,7 @@ STEP_KEYS = ("task", "method", "quantize", "attention", "trust_remote_code",
 PROBE_TOKEN_BUDGET = 1e11
 # Raised whenever what the probe measures changes (its shapes, where its base is read), so a
 # calibration of an older lmtune is measured again rather than mixed with the new model.
+# (Versions 3 and 4 also read a speed reference; never released.)
 PROBE_VERSION = 4
 
 

@@ -4,8 +4,7 @@ would fit. `train.memory_guard=false` turns it off.
 
 It predicts with this machine's calibration when `lmtune plan` made one, else from the
 parameter count and fixed per-token sizes (`shape.analytic_mb`); it never loads weights and
-never starts a measurement (with a calibration, it reads the machine's speed: `speed.py`,
-about a second)."""
+never starts a measurement."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,7 +15,6 @@ from lmtune.plan.calibrate import cached
 from lmtune.plan.model import Batch
 from lmtune.plan.planner import RunShape, method_config, predict, run_shape
 from lmtune.plan.shape import ModelShape, available_mb, model_shape
-from lmtune.plan.speed import reference_seconds
 
 
 def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str] | None,
@@ -26,15 +24,10 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
     run = run_shape(cfg, task, data, world, 0.0)
     available = available_mb()
     shape = model_shape(cfg, task, model_path, label_names, precision)
-    cal = cached(cfg, model_path, len(label_names or []))
-    # The machine's speed now, for the step time (a calibrated run only: about a second).
-    reference = reference_seconds(cfg.train.threads) if cal is not None else None
-    row = predict(cfg, run, shape, cal, available, reference)
+    row = _row(cfg, run, shape, model_path, label_names, available)
     prediction = {"peak_memory_mb": round(row.peak_memory_mb, 1),
                   "seconds_per_step": row.seconds_per_step, "calibrated": row.calibrated,
-                  "available_mb": round(available),
-                  "speed_ratio": None if cal is None else round(cal.speed_ratio(reference),
-                                                                3)}
+                  "available_mb": round(available)}
     if row.fits or not cfg.train.memory_guard:
         return prediction
     longest = max(run.batches, key=lambda b: b.rows * b.width)

@@ -36,7 +36,7 @@ def measure_run(cfg: Config, extra: list[str] = (), threads: int | None = None) 
     out = {"predicted_peak_mb": p["peak_memory_mb"], "peak_memory_mb": m["peak_memory_mb"],
            "memory_error": p["peak_memory_mb"] / m["peak_memory_mb"] - 1,
            "calibrated": p["calibrated"], "predicted_seconds": p["seconds_per_step"],
-           "seconds_per_step": m["seconds_per_step"], "speed_ratio": p.get("speed_ratio")}
+           "seconds_per_step": m["seconds_per_step"]}
     if p["seconds_per_step"] is not None:
         out["time_error"] = p["seconds_per_step"] / m["seconds_per_step"] - 1
     return out

@@ -104,39 +104,16 @@ class Calibration:
     mixing: float = 1.0
     optimizer_mb: float = 0.0  # of model_mb: what the first update added (AdamW's moments)
 
-    # The machine's speed when the probe began (`speed.py`, seconds of its reference
-    # workload, read before the model loaded, as the guard and the planner read it): the
-    # time fits hold seconds at this speed; 0: unknown, never scaled.
-    reference_seconds: float = 0.0
-
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
-        pts = _at_one_speed(out["points"])
+        pts = out["points"]
         return cls(out["loaded_mb"] - out["before_model_mb"] + out["optimizer_mb"],
                    out["load_seconds"],
                    fit(pts, "step_mb"),
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
                    float(np.median([p["update_seconds"] for p in pts])),
                    max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)),
-                   out["optimizer_mb"], out.get("reference_seconds", 0.0))
-
-    def speed_ratio(self, reference: float | None) -> float:
-        """How much longer a step takes now than during the probe: the reference's seconds
-        now over then (1 where either is unknown)."""
-        return reference / self.reference_seconds if reference and self.reference_seconds \
-            else 1.0
-
-
-def _at_one_speed(points: list[dict]) -> list[dict]:
-    """The points' seconds as if the machine had run at one speed throughout (its median
-    over the shapes): each shape's timings times the median reference over the reference
-    read beside them, so a slow minute during one shape does not bend the fit."""
-    refs = [p.get("reference_seconds", 0.0) for p in points]
-    if not all(refs):
-        return points
-    mid = float(np.median(refs))
-    keys = ("backward_seconds", "forward_seconds", "update_seconds")
-    return [p | {k: p[k] * mid / r for k in keys} for p, r in zip(points, refs)]
+                   out["optimizer_mb"])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from lmtune.plan.calibrate import cached, calibrate
 from lmtune.plan.probe import memory_mb
 from lmtune.plan.model import Batch, Calibration, eval_shapes, train_batches
 from lmtune.plan.shape import MB, ModelShape, analytic_mb, available_mb, model_shape
-from lmtune.plan.speed import reference_seconds
 
 
 @dataclass
@@ -71,10 +70,9 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
 
 
 def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | None,
-            available: float, reference: float | None = None) -> Row:
+            available: float) -> Row:
     """One method's row: measured coefficients where a calibration exists, else the
-    parameter count with fixed per-token sizes (memory only). `reference`: the machine's
-    speed now (`speed.reference_seconds`); the calibration's times are scaled to it."""
+    parameter count with fixed per-token sizes (memory only)."""
     best_mb = 4 * shape.trainable / MB  # the copy of the best weights, kept from validation on
     # A checkpoint copies the trainable weights and serializes each file in memory first
     # (safetensors): twice their size, while the optimizer state and that copy are held.
@@ -94,12 +92,12 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
     peak = max(run.peak_so_far_mb, base_mb + model_mb + best_mb + max(step_mb, save_mb))
     seconds = total = None
     if cal is not None:
-        accum, speed = cfg.train.grad_accum, cal.speed_ratio(reference)
+        accum = cfg.train.grad_accum
         per_batch = [cal.backward(b.rows, b.width, b.trained) for b in run.batches]
         steps_in_epoch = max(1, math.ceil(len(per_batch) / accum))
-        seconds = speed * (sum(per_batch) / steps_in_epoch + cal.update_seconds)
-        passes = speed * sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
-        test = speed * sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
+        seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
+        passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
+        test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
         total = (run.tokenize_seconds + cal.load_seconds + run.steps * seconds
                  + run.validations * passes + test)
     adapter_mb = 12 * shape.trainable / MB  # weights and AdamW's two moments
@@ -145,7 +143,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
     precision = runtime.resolve_precision(cfg.train.precision)
     run = run_shape(cfg, task, data, 1, tokenize_seconds)
     available = available_mb()
-    measured = []
+    rows = []
     for name in methods:
         mcfg = method_config(cfg, name)
         try:
@@ -154,41 +152,28 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
             say(f"plan: {name} left out: {e}")
             continue
         cal = None if measure else cached(mcfg, model_path, len(label_names or []))
-        measured.append((mcfg, shape, cal or _calibrate(mcfg, run, shape, model_path,
-                                                        label_names, available, say)))
-    # The machine's speed once everything is measured, as near the run as a plan gets.
-    reference = reference_seconds(cfg.train.threads) \
-        if any(cal for _, _, cal in measured) else None
-    rows = [predict(mcfg, run, shape, cal, available, reference)
-            for mcfg, shape, cal in measured]
+        if cal is None:
+            model_mb, step = analytic_mb(shape, 2, 128, 128)
+            if run.base_mb + model_mb + step > available:  # nothing that could be measured
+                say(f"plan: {name}: the model alone needs about {model_mb:,.0f} MB; not "
+                    "measured")
+            else:
+                say(f"plan: measuring {name} on this machine (once; kept for later plans)")
+                began = time.perf_counter()
+                cal = calibrate(mcfg, model_path, label_names, shape.total, shape.positions)
+                say(f"plan: measured {name} in {time.perf_counter() - began:.0f} s")
+        rows.append(predict(mcfg, run, shape, cal, available))
     if not rows:
         raise LmtuneError("plan: none of the methods suits this model")
     chosen, why = recommend(rows, available)
     return {"hardware": runtime.environment() | {"available_mb": round(available),
-                                                  "precision": precision,
-                                                  "reference_seconds": reference},
+                                                  "precision": precision},
             "run": {"steps": run.steps, "validations": run.validations,
                     "train_rows": run.rows,
                     "batch_size": cfg.train.batch_size, "longest_batch_width": run.max_width,
                     "process_mb": round(run.base_mb, 1),
                     "tokenize_seconds": round(run.tokenize_seconds, 2)},
             "rows": [asdict(r) for r in rows], "recommended": chosen, "why": why}
-
-
-def _calibrate(cfg: Config, run: RunShape, shape: ModelShape, model_path: str,
-               label_names: list[str] | None, available: float, say) -> Calibration | None:
-    """Measure `cfg.method` on this machine (once; `calibrate.py` keeps it), unless the
-    model alone would not fit in memory."""
-    model_mb, step = analytic_mb(shape, 2, 128, 128)
-    if run.base_mb + model_mb + step > available:
-        say(f"plan: {cfg.method}: the model alone needs about {model_mb:,.0f} MB; not "
-            "measured")
-        return None
-    say(f"plan: measuring {cfg.method} on this machine (once; kept for later plans)")
-    began = time.perf_counter()
-    cal = calibrate(cfg, model_path, label_names, shape.total, shape.positions)
-    say(f"plan: measured {cfg.method} in {time.perf_counter() - began:.0f} s")
-    return cal
 
 
 def method_config(cfg: Config, method: str) -> Config:

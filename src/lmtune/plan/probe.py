@@ -7,8 +7,7 @@ The child builds the model exactly as `lmtune train` does (`prepare.build_model`
 same optimizer, distribution strategy (one process) and task loss, so what it measures is
 what training holds: the memory the model and the optimizer's state add, and for each
 batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
-forward pass alone (evaluation), the machine's speed just then (`speed.py`), and the memory
-a step adds on top of the rest.
+forward pass alone (evaluation), and the memory a step adds on top of the rest.
 
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
@@ -97,7 +96,6 @@ def main() -> int:
     from lmtune.models.load import load_tokenizer
     from lmtune.optim import build_optimizer
     from lmtune.plan.shape import model_shape
-    from lmtune.plan.speed import reference_seconds
     from lmtune.prepare import build_model
     from lmtune.tasks import get_task
     from lmtune.typed_yaml import build
@@ -107,16 +105,11 @@ def main() -> int:
     precision = runtime.resolve_precision(cfg.train.precision)
     runtime.seed_everything(cfg.seed)
     out: dict = {}
-    threads = cfg.train.threads or runtime.default_threads()
-    with runtime.threads(threads):
+    with runtime.threads(cfg.train.threads or runtime.default_threads()):
         tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
         # What the model's libraries add is the planner's base (it builds the model on the
         # meta device before predicting, as training does before loading), not the model's.
         model_shape(cfg, task, spec["model_path"], spec["label_names"], precision)
-        # The machine's speed where the guard and the planner read it: before any weight
-        # is loaded (read later, beside a large model's steps, it runs slower: its caches
-        # and memory are busy with the model's, and the ratio would be biased).
-        out["reference_seconds"] = reference_seconds(threads)
         out["before_model_mb"] = memory_mb()
         began = time.perf_counter()
         kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
@@ -163,12 +156,8 @@ def main() -> int:
         for p in points:
             data, trained = batch(*p)
             step(data)  # warm: the kernels of this shape are built
-            # The machine's speed beside each shape's timings: the fit divides out how it
-            # changes from one shape to the next.
-            reference = reference_seconds(threads, repeats=2)
             runs = [step(data) for _ in range(spec.get("repeats", 3))]
             out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
-                                  "reference_seconds": reference,
                                   "backward_seconds": min(r[0] for r in runs),
                                   "update_seconds": min(r[1] for r in runs),
                                   "forward_seconds": min(forward(data) for _ in range(2))})
