@@ -73,7 +73,8 @@ def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
 
 
 def calibration_path(cfg: Config, model_path: str, labels: int) -> Path:
-    return cache_root(cfg.cache_dir) / "plan" / f"{calibration_key(cfg, model_path, labels)}.json"
+    key = calibration_key(cfg, model_path, labels)
+    return cache_root(cfg.cache_dir) / "plan" / f"{key}.json"
 
 
 def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from lmtune.config import Config
 from lmtune.errors import LmtuneError
 from lmtune.plan.calibrate import cached
-from lmtune.plan.model import Batch
+from lmtune.plan.model import Batch, Calibration
 from lmtune.plan.planner import RunShape, method_config, predict, run_shape
 from lmtune.plan.shape import ModelShape, available_mb, model_shape
 
@@ -24,14 +24,15 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
     run = run_shape(cfg, task, data, world, 0.0)
     available = available_mb()
     shape = model_shape(cfg, task, model_path, label_names, precision)
-    row = _row(cfg, run, shape, model_path, label_names, available)
+    cal = cached(cfg, model_path, len(label_names or []))
+    row = predict(cfg, run, shape, cal, available)
     prediction = {"peak_memory_mb": round(row.peak_memory_mb, 1),
                   "seconds_per_step": row.seconds_per_step, "calibrated": row.calibrated,
                   "available_mb": round(available)}
     if row.fits or not cfg.train.memory_guard:
         return prediction
     longest = max(run.batches, key=lambda b: b.rows * b.width)
-    advice = cheapest_fix(cfg, task, run, shape, model_path, label_names, precision,
+    advice = cheapest_fix(cfg, task, run, shape, cal, model_path, label_names, precision,
                           available)
     how = "" if row.calibrated else "; not measured here yet: `lmtune plan` measures it"
     raise LmtuneError(
@@ -41,36 +42,32 @@ def guard(cfg: Config, task, data: dict, model_path: str, label_names: list[str]
         "train.memory_guard=false")
 
 
-def _row(cfg, run: RunShape, shape: ModelShape, model_path, label_names, available):
-    return predict(cfg, run, shape, cached(cfg, model_path, len(label_names or [])),
-                   available)
-
-
-def cheapest_fix(cfg: Config, task, run: RunShape, shape: ModelShape, model_path: str,
-                 label_names, precision: str, available: float) -> str:
+def cheapest_fix(cfg: Config, task, run: RunShape, shape: ModelShape,
+                 cal: Calibration | None, model_path: str, label_names, precision: str,
+                 available: float) -> str:
     """The first change, in order of what it costs the run, that is predicted to fit:
     smaller micro-batches with accumulation (the same effective batch), a shorter
     train.max_length, LoRA. Gradient checkpointing is named where none of these fits.
-    Batch sizes and lengths leave the model as it is: its `shape` is counted once."""
+    Batch sizes and lengths leave the model and its calibration (`cal`) as they are: both
+    are looked up once."""
     tc = cfg.train
     size = tc.batch_size // 2
     while size >= 1:
         small = replace(tc, batch_size=size, grad_accum=tc.grad_accum * tc.batch_size // size)
         c = replace(cfg, train=small)
-        if _row(c, _rebatched(run, c, task), shape, model_path, label_names,
-                available).fits:
+        if predict(c, _rebatched(run, c, task), shape, cal, available).fits:
             return (f"train.batch_size={size} train.grad_accum={small.grad_accum} keeps the "
                     "effective batch and is predicted to fit")
         size //= 2
     length = tc.max_length // 2
     while length >= 32:
-        if _row(cfg, _capped(run, length), shape, model_path, label_names,
-                available).fits:
+        if predict(cfg, _capped(run, length), shape, cal, available).fits:
             return f"train.max_length={length} is predicted to fit"
         length //= 2
     lora = method_config(cfg, "lora")  # the same run where it is lora already
     lora_shape = model_shape(lora, task, model_path, label_names, precision)
-    if _row(lora, run, lora_shape, model_path, label_names, available).fits:
+    lora_cal = cached(lora, model_path, len(label_names or []))
+    if predict(lora, run, lora_shape, lora_cal, available).fits:
         return "method=lora is predicted to fit"
     return ("no single change is predicted to fit: combine a smaller train.batch_size, "
             "train.gradient_checkpointing=true and a shorter train.max_length, or use a "
