@@ -11,7 +11,9 @@ per-token sizes: what estimators that do not measure give).
 The configurations differ from the calibration shapes (2 widths, 2 small batch sizes) in
 batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
 seconds per step is one optimizer step of training, validation excluded, as metrics.jsonl
-measures it. The last line holds the mean absolute errors as key=value pairs.
+measures it (the mean of steps 2-16). The last column splits that error into the steps
+before validation and after it: far apart, the machine's speed changed during the run. The
+last line holds the mean absolute errors as key=value pairs.
 """
 from __future__ import annotations
 
@@ -43,13 +45,11 @@ CONFIGS = [
 ]
 
 
-def uncalibrated_peak(cfg) -> float:
-    """The same prediction with no calibration (plan/shape.analytic_mb)."""
+def encoded(cfg):
+    """The configuration's task, its training data tokenized as `lmtune train` does, the
+    model's directory and the label names."""
     from lmtune.models.load import load_model_config, load_tokenizer, resolve_model
-    from lmtune.plan.planner import predict, run_shape
-    from lmtune.plan.shape import available_mb, model_shape
     from lmtune.prepare import encode_or_cached
-    from lmtune.runtime import resolve_precision
     from lmtune.tasks import get_task
 
     task = get_task(cfg.task).for_run(cfg)
@@ -57,10 +57,42 @@ def uncalibrated_peak(cfg) -> float:
     path = resolve_model(cfg.model, cfg.cache_dir)
     data, _, _ = encode_or_cached(cfg, task, raw, load_tokenizer(path, False),
                                   load_model_config(path, False), path)
-    shape = model_shape(cfg, task, path, task.label_names(raw),
-                        resolve_precision(cfg.train.precision))
+    return task, data, str(path), task.label_names(raw)
+
+
+def uncalibrated_peak(cfg) -> float:
+    """The same prediction with no calibration (plan/shape.analytic_mb)."""
+    from lmtune.plan.planner import predict, run_shape
+    from lmtune.plan.shape import available_mb, model_shape
+    from lmtune.runtime import resolve_precision
+
+    task, data, path, labels = encoded(cfg)
+    shape = model_shape(cfg, task, path, labels, resolve_precision(cfg.train.precision))
     return predict(cfg, run_shape(cfg, task, data, 1, 0.0), shape, None,
                    available_mb()).peak_memory_mb
+
+
+def step_predictions(cfg) -> list[float]:
+    """The planner's seconds for each of the run's own steps, in order (one micro-batch a
+    step), from the calibration `lmtune plan` keeps."""
+    from lmtune.plan.calibrate import cached
+    from lmtune.plan.model import train_batches
+
+    assert cfg.train.grad_accum == 1, "a step's log row cannot be split by micro-batch"
+    task, data, path, labels = encoded(cfg)
+    cal = cached(cfg, path, len(labels or []))
+    batches = train_batches(task, data["train"], cfg.train.batch_size, cfg.seed,
+                            cfg.train.group_by_length)
+    return [cal.backward(b.rows, b.width, b.trained) + cal.update_seconds for b in batches]
+
+
+def halves(predicted: list[float], measured: list[float]) -> str:
+    """The time error over steps 2-8 and over 9-16 (validation runs between them): apart
+    by much more than the whole run's error, the machine's speed moved during the run."""
+    def err(a, b):
+        return sum(predicted[a:b]) / sum(measured[a:b]) - 1
+
+    return f"{err(1, 8):+.1%} / {err(8, len(measured)):+.1%}"
 
 
 def default_job() -> None:
@@ -101,8 +133,8 @@ def main() -> None:
     print(f"host: {env['cpu']}, {env['cores']} cores, bf16={env['bf16']}; torch "
           f"{env['torch']}, transformers {env['transformers']}; {time.strftime('%Y-%m-%d %H:%M')}")
     print("| configuration | peak MB predicted | measured | error | uncalibrated | error | "
-          "s/step predicted | measured | error |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "s/step predicted | measured | error | steps 2-8 / 9-16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     mem, sec, raw = [], [], []
     for name, overrides in CONFIGS:
         if args.only and args.only not in name:
@@ -120,7 +152,8 @@ def main() -> None:
         print(f"| {name} | {m['predicted_peak_mb']:,.0f} | {m['peak_memory_mb']:,.0f} | "
               f"{m['memory_error']:+.1%} | {flat:,.0f} | {flat_err:+.1%} | "
               f"{m['predicted_seconds']:.3f} | {m['seconds_per_step']:.3f} | "
-              f"{m['time_error']:+.1%} |", flush=True)
+              f"{m['time_error']:+.1%} | "
+              f"{halves(step_predictions(cfg), m['step_seconds'])} |", flush=True)
     print(f"memory_mae={statistics.mean(mem):.3f} memory_max={max(mem):.3f} "
           f"time_mae={statistics.mean(sec):.3f} time_max={max(sec):.3f} "
           f"uncalibrated_memory_mae={statistics.mean(raw):.3f} rows={len(mem)}")

@@ -88,3 +88,15 @@ def test_a_calibration_of_another_probe_version_is_not_reused(tmp_path, monkeypa
     assert calibrate.calibration_key(cfg, str(tmp_path), 2) == key
     monkeypatch.setattr(calibrate, "PROBE_VERSION", calibrate.PROBE_VERSION + 1)
     assert calibrate.calibration_key(cfg, str(tmp_path), 2) != key
+
+
+def test_the_logged_steps_are_read_in_order_without_validation_rows(tmp_path):
+    import json
+
+    from lmtune.plan.measure import logged_steps
+
+    rows = [{"step": 1, "samples_per_s": 8.0}, {"step": 2, "samples_per_s": 16.0},
+            {"step": 2, "val_loss": 1.5}, {"step": 3, "samples_per_s": 4.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert logged_steps(path, 16) == [2.0, 1.0, 4.0]  # 16 rows a step / rows per second

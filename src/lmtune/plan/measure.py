@@ -30,25 +30,24 @@ def measure_run(cfg: Config, extra: list[str] = (), threads: int | None = None) 
             tail = "\n".join(done.stderr.strip().splitlines()[-3:])
             return {"error": f"lmtune train exited {done.returncode}: {tail}"}
         check = json.loads((Path(tmp) / "run" / "summary.json").read_text())["plan"]
-        seconds = step_seconds(Path(tmp) / "run" / "metrics.jsonl",
-                               cfg.train.batch_size * cfg.train.grad_accum)
+        steps = logged_steps(Path(tmp) / "run" / "metrics.jsonl",
+                             cfg.train.batch_size * cfg.train.grad_accum)
+    # The first step also builds the first shape's kernels and the optimizer's state.
+    seconds = sum(steps[1:]) / len(steps[1:])
     p, m = check["predicted"], check["measured"] | {"seconds_per_step": seconds}
     out = {"predicted_peak_mb": p["peak_memory_mb"], "peak_memory_mb": m["peak_memory_mb"],
            "memory_error": p["peak_memory_mb"] / m["peak_memory_mb"] - 1,
            "calibrated": p["calibrated"], "predicted_seconds": p["seconds_per_step"],
-           "seconds_per_step": m["seconds_per_step"]}
+           "seconds_per_step": m["seconds_per_step"], "step_seconds": steps}
     if p["seconds_per_step"] is not None:
         out["time_error"] = p["seconds_per_step"] / m["seconds_per_step"] - 1
     return out
 
 
-def step_seconds(metrics: Path, rows_per_step: int) -> float:
-    """Mean seconds of the training steps after the first (which also builds the first
-    shape's kernels and the optimizer's state), from the per-step log rows."""
+def logged_steps(metrics: Path, rows_per_step: int) -> list[float]:
+    """The seconds of each training step, in order, from the per-step log rows."""
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-    steps = [rows_per_step / r["samples_per_s"] for r in rows
-             if "samples_per_s" in r and r["step"] > 1]
-    return sum(steps) / len(steps)
+    return [rows_per_step / r["samples_per_s"] for r in rows if "samples_per_s" in r]
 
 
 def measure_rows(cfg: Config, methods: list[str], plan: dict) -> list[dict]:

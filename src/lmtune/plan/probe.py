@@ -7,7 +7,9 @@ The child builds the model exactly as `lmtune train` does (`prepare.build_model`
 same optimizer, distribution strategy (one process) and task loss, so what it measures is
 what training holds: the memory the model and the optimizer's state add, and for each
 batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
-forward pass alone (evaluation), and the memory a step adds on top of the rest.
+forward pass alone (evaluation), and the memory a step adds on top of the rest. Times are
+means of a few repeats after a warm-up step, as a run's log reports the mean of its steps
+(the fastest repeat would predict a step a few percent short).
 
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from statistics import fmean as mean
 from types import SimpleNamespace
 
 
@@ -135,7 +138,8 @@ def main() -> int:
 
         def step(data) -> tuple[float, float]:
             began = time.perf_counter()
-            strategy.backward(task.loss_sum(model, data, lambda: runtime.autocast(precision)))
+            loss, _ = task.loss_and_stats(model, data, lambda: runtime.autocast(precision))
+            strategy.backward(loss)  # the work of a training step, its log figures included
             middle = time.perf_counter()
             strategy.step()
             return middle - began, time.perf_counter() - middle
@@ -158,9 +162,9 @@ def main() -> int:
             step(data)  # warm: the kernels of this shape are built
             runs = [step(data) for _ in range(spec.get("repeats", 3))]
             out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
-                                  "backward_seconds": min(r[0] for r in runs),
-                                  "update_seconds": min(r[1] for r in runs),
-                                  "forward_seconds": min(forward(data) for _ in range(2))})
+                                  "backward_seconds": mean(r[0] for r in runs),
+                                  "update_seconds": mean(r[1] for r in runs),
+                                  "forward_seconds": mean(forward(data) for _ in range(2))})
         for row, p in zip(out["points"], points):
             data = batch(*p)[0]
             runtime.release_free_memory()  # what earlier shapes left in the heap goes back
