@@ -47,8 +47,9 @@ def test_probe_shapes_shrink_with_the_model_and_stay_within_its_positions():
     small, large = probe_points(22_000_000, 512), probe_points(135_000_000, 512)
     assert max(b * w for b, w, _ in small) > max(b * w for b, w, _ in large)
     assert all(w <= 100 for _, w, _ in probe_points(135_000_000, 100))
-    assert {w for _, w, _ in small} == {64, 128, 256}  # the same for every run of a model
-    assert {w for _, w, _ in probe_points(22_000_000, 128)} == {64, 128}
+    assert {w for _, w, _ in small} == {32, 64, 128, 256}  # the same for every run of a model
+    assert {w for _, w, _ in probe_points(22_000_000, 128)} == {32, 64, 128}
+    assert {w for _, w, _ in probe_points(22_000_000, 48)} == {32, 48}
 
 
 def test_the_analytic_step_memory_is_linear_in_batch_times_length():
