@@ -50,6 +50,8 @@ def test_probe_shapes_shrink_with_the_model_and_stay_within_its_positions():
     assert {w for _, w, _ in small} == {32, 64, 128, 256}  # the same for every run of a model
     assert {w for _, w, _ in probe_points(22_000_000, 128)} == {32, 64, 128}
     assert {w for _, w, _ in probe_points(22_000_000, 48)} == {32, 48}
+    # attention is told from the vocabulary where it is largest: both fractions trained there
+    assert {t for _, w, t in small if w == 256} == {256, 64}
 
 
 def test_the_analytic_step_memory_is_linear_in_batch_times_length():

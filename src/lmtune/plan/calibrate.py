@@ -73,7 +73,7 @@ def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
     per = PROBE_TOKEN_BUDGET / max(params, 1) / w2
     rows = min(32, max(2, 1 << int(max(per, 1)).bit_length() - 1))
     half = rows // 2
-    # The first five in this order: `probe.mixed_steps` mixes them by position.
+    # The first six in this order: `probe.mixed_steps` mixes them by position.
     out = [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
            (rows, w2, w2)]
     out += [(half, w3, w3), (half, w3, w3 // 4)] if w3 > w2 else []
