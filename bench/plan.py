@@ -8,8 +8,8 @@ per-token sizes: what estimators that do not measure give).
     .venv/bin/python bench/plan.py --only minilm
     .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
 
-The configurations differ from the calibration shapes (2 widths, 2 small batch sizes) in
-batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
+The configurations differ from the calibration shapes (widths 32-256, at most 32 MiniLM rows
+or 4 SmolLM2 rows, synthetic tokens) in batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
 seconds per step is one optimizer step of training, validation excluded, as metrics.jsonl
 measures it (the mean of steps 2-16). The last column splits that error into the steps
 before validation and after it: far apart, the machine's speed changed during the run. The
@@ -60,30 +60,29 @@ def encoded(cfg):
     return task, data, str(path), task.label_names(raw)
 
 
-def uncalibrated_peak(cfg) -> float:
-    """The same prediction with no calibration (plan/shape.analytic_mb)."""
+def uncalibrated_peak(cfg, enc) -> float:
+    """The same prediction with no calibration (plan/shape.analytic_mb); `enc`: `encoded`."""
     from lmtune.plan.planner import predict, run_shape
     from lmtune.plan.shape import available_mb, model_shape
     from lmtune.runtime import resolve_precision
 
-    task, data, path, labels = encoded(cfg)
+    task, data, path, labels = enc
     shape = model_shape(cfg, task, path, labels, resolve_precision(cfg.train.precision))
     return predict(cfg, run_shape(cfg, task, data, 1, 0.0), shape, None,
                    available_mb()).peak_memory_mb
 
 
-def step_predictions(cfg) -> list[float]:
-    """The planner's seconds for each of the run's own steps, in order (one micro-batch a
-    step), from the calibration `lmtune plan` keeps."""
-    from lmtune.plan.calibrate import cached
+def step_predictions(cfg, enc, cal) -> tuple[list, list[float]]:
+    """The run's own steps (one micro-batch each) and the planner's seconds for each, in
+    order, from the calibration `cal`; `enc`: `encoded`."""
     from lmtune.plan.model import train_batches
 
     assert cfg.train.grad_accum == 1, "a step's log row cannot be split by micro-batch"
-    task, data, path, labels = encoded(cfg)
-    cal = cached(cfg, path, len(labels or []))
+    task, data, _, _ = enc
     batches = train_batches(task, data["train"], cfg.train.batch_size, cfg.seed,
                             cfg.train.group_by_length)
-    return [cal.backward(b.rows, b.width, b.trained) + cal.update_seconds for b in batches]
+    return batches, [cal.backward(b.rows, b.width, b.trained) + cal.update_seconds
+                     for b in batches]
 
 
 def halves(predicted: list[float], measured: list[float]) -> str:
@@ -125,6 +124,7 @@ def main() -> None:
     if args.default_job:
         return default_job()
     from lmtune.config import load_config
+    from lmtune.plan.calibrate import cached
     from lmtune.plan.command import make_plan
     from lmtune.plan.measure import measure_run
     from lmtune.runtime import environment
@@ -144,7 +144,9 @@ def main() -> None:
         m = measure_run(cfg)
         if "error" in m:
             sys.exit(f"{name}: {m['error']}")
-        flat = uncalibrated_peak(cfg)
+        enc = encoded(cfg)
+        flat = uncalibrated_peak(cfg, enc)
+        predicted = step_predictions(cfg, enc, cached(cfg, enc[2], len(enc[3] or [])))[1]
         flat_err = flat / m["peak_memory_mb"] - 1
         mem.append(abs(m["memory_error"]))
         sec.append(abs(m["time_error"]))
@@ -153,7 +155,7 @@ def main() -> None:
               f"{m['memory_error']:+.1%} | {flat:,.0f} | {flat_err:+.1%} | "
               f"{m['predicted_seconds']:.3f} | {m['seconds_per_step']:.3f} | "
               f"{m['time_error']:+.1%} | "
-              f"{halves(step_predictions(cfg), m['step_seconds'])} |", flush=True)
+              f"{halves(predicted, m['step_seconds'])} |", flush=True)
     print(f"memory_mae={statistics.mean(mem):.3f} memory_max={max(mem):.3f} "
           f"time_mae={statistics.mean(sec):.3f} time_max={max(sec):.3f} "
           f"uncalibrated_memory_mae={statistics.mean(raw):.3f} rows={len(mem)}")

@@ -21,15 +21,13 @@ def main() -> None:
     from lmtune.config import load_config
     from lmtune.plan.calibrate import cached
     from lmtune.plan.measure import measure_run
-    from lmtune.plan.model import train_batches
 
     cfg = load_config(None, dict(CONFIGS)[sys.argv[1]])
-    task, data, path, labels = encoded(cfg)
-    if cached(cfg, path, len(labels or [])) is None:
+    enc = encoded(cfg)
+    cal = cached(cfg, enc[2], len(enc[3] or []))
+    if cal is None:
         sys.exit(f"no calibration yet: run bench/plan.py --only '{sys.argv[1]}' first")
-    predicted = step_predictions(cfg)
-    batches = train_batches(task, data["train"], cfg.train.batch_size, cfg.seed,
-                            cfg.train.group_by_length)
+    batches, predicted = step_predictions(cfg, enc, cal)
     measured = measure_run(cfg)["step_seconds"]
     for i, (b, p, m) in enumerate(zip(batches, predicted, measured), 1):
         print(f"step {i:2d}: {b.rows} rows x {b.width} tokens, {b.trained:4d} trained: "
