@@ -52,6 +52,11 @@ def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, t
     assert full.step_mb(64, 256, 64 * 256) > large  # beyond the probe: still growing
     assert full.backward(32, 128, 4096) > full.backward(8, 128, 1024) > 0
     assert full.mixing >= 1.0 and lora.mixing >= 1.0
+    # The rest of a run's time, measured too: the process up to loading the weights, one
+    # checkpoint and the model dir, written beside the run's output and then removed.
+    assert full.start_seconds > full.load_seconds > 0
+    assert full.checkpoint_seconds > 0 and full.save_seconds > 0
+    assert not list(tmp_path.glob(".lmtune-probe-*"))
 
 
 def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama, chat_jsonl,

@@ -5,7 +5,7 @@ import pytest
 from lmtune.data.collate import Encoded
 from lmtune.plan.calibrate import probe_points
 from lmtune.plan.model import Fit, fit
-from lmtune.plan.planner import Row, recommend
+from lmtune.plan.planner import Row, checkpoints, recommend
 from lmtune.plan.shape import ModelShape, analytic_mb
 
 
@@ -103,3 +103,10 @@ def test_the_logged_steps_are_read_in_order_without_validation_rows(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert logged_steps(path, 16) == [2.0, 1.0, 4.0]  # 16 rows a step / rows per second
+
+
+def test_a_run_checkpoints_at_each_epoch_end_and_every_n_steps_once_each():
+    assert checkpoints(560, 320, 0) == 2  # the first epoch's end and the last step
+    assert checkpoints(100, 320, 0) == 1  # a run shorter than an epoch: its last step
+    assert checkpoints(640, 320, 100) == 8  # steps 100-600, and 320 and 640
+    assert checkpoints(640, 320, 160) == 4  # 160 and 480 beside the epochs' ends

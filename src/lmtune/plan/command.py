@@ -81,7 +81,8 @@ def format_plan(plan: dict) -> str:
     hw, run = plan["hardware"], plan["run"]
     head = (f"{hw['cpu']}, {hw['cores']} cores, {hw['precision']}; {hw['available_mb']:,} MB "
             f"available\n{run['train_rows']:,} training rows, {run['steps']} steps of "
-            f"{run['batch_size']}, {run['validations']} validation passes; longest batch "
+            f"{run['batch_size']}, {run['validations']} validation passes, "
+            f"{run['checkpoints']} checkpoints; longest batch "
             f"{run['longest_batch_width']} tokens wide\n")
     cols = ("method", "trainable", "peak MB", "s/step", "total", "checkpoint MB", "fits")
     lines = [cols]

@@ -103,6 +103,11 @@ class Calibration:
     # cannot reuse it. The peak of mixed shapes over the largest single step, measured.
     mixing: float = 1.0
     optimizer_mb: float = 0.0  # of model_mb: what the first update added (AdamW's moments)
+    # The rest of a run's time: its process until the weights load (imports, the memory
+    # guard), one checkpoint, and the final model dir.
+    start_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    save_seconds: float = 0.0
 
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
@@ -113,7 +118,8 @@ class Calibration:
                    fit(pts, "backward_seconds"), fit(pts, "forward_seconds"),
                    float(np.median([p["update_seconds"] for p in pts])),
                    max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)),
-                   out["optimizer_mb"])
+                   out["optimizer_mb"], out["start_seconds"], out["checkpoint_seconds"],
+                   out["save_seconds"])
 
 
 @dataclass(frozen=True)

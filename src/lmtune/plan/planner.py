@@ -42,6 +42,7 @@ class RunShape:
     batches: list[Batch]  # the micro-batches of the first epoch (a shorter run: its own)
     steps: int
     validations: int
+    checkpoints: int
     val: list[Batch]
     test: list[Batch]
     base_mb: float  # the process once the data is read and tokenized (RSS; GPU: allocated)
@@ -63,10 +64,18 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
     validations = steps // every + (steps % every > 0) if every else math.ceil(steps / per_epoch)
     split = lambda name: eval_shapes(task, data[name], cfg.eval.batch_size) \
         if name in data else []  # noqa: E731
-    return RunShape(len(data["train"]), batches, steps, validations, split("validation"),
+    return RunShape(len(data["train"]), batches, steps, validations,
+                    checkpoints(steps, per_epoch, tc.checkpoint_every), split("validation"),
                     split("test"),
                     memory_mb(), runtime.peak_memory_mb(), tokenize_seconds,
                     max(b.width for b in batches))
+
+
+def checkpoints(steps: int, per_epoch: int, every: int) -> int:
+    """How many checkpoints a run of `steps` writes: one at each epoch's end and at the last
+    step, and one every `every` steps (0: none) where no epoch ends."""
+    at = set(range(per_epoch, steps, per_epoch)) | {steps}
+    return len(at | set(range(every, steps + 1, every) if every else ()))
 
 
 def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | None,
@@ -98,8 +107,9 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
         seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
         passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
         test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
-        total = (run.tokenize_seconds + cal.load_seconds + run.steps * seconds
-                 + run.validations * passes + test)
+        total = (cal.start_seconds + run.tokenize_seconds + cal.load_seconds
+                 + run.steps * seconds + run.validations * passes + test
+                 + run.checkpoints * cal.checkpoint_seconds + cal.save_seconds)
     adapter_mb = 12 * shape.trainable / MB  # weights and AdamW's two moments
     return Row(cfg.method, shape.trainable, peak, seconds, total, adapter_mb,
                peak <= available, cal is not None)
@@ -169,7 +179,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
     return {"hardware": runtime.environment() | {"available_mb": round(available),
                                                   "precision": precision},
             "run": {"steps": run.steps, "validations": run.validations,
-                    "train_rows": run.rows,
+                    "checkpoints": run.checkpoints, "train_rows": run.rows,
                     "batch_size": cfg.train.batch_size, "longest_batch_width": run.max_width,
                     "process_mb": round(run.base_mb, 1),
                     "tokenize_seconds": round(run.tokenize_seconds, 2)},

@@ -14,16 +14,24 @@ means of a few repeats after a warm-up step, as a run's log reports the mean of 
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
 each shape from a trimmed heap (`runtime.release_free_memory`) and a reset peak: then the
-memory a step adds is what it allocates, not what earlier shapes left behind. Last, the
-shapes run mixed, as a run's batches do, for what the heap keeps between them.
+memory a step adds is what it allocates, not what earlier shapes left behind. Then the
+shapes run mixed, as a run's batches do, for what the heap keeps between them. Last, it
+writes a checkpoint and the model dir as a run does, timed: with the seconds the process
+took to reach the model's loading (its imports and the memory guard), the parts of a run's
+time that are not steps, evaluation or tokenizing.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from statistics import fmean as mean
 from types import SimpleNamespace
+
+IMPORTED = time.perf_counter()
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -39,6 +47,18 @@ def rss_mb(field: str = "VmRSS") -> float:
     from lmtune.runtime import peak_memory_mb
 
     return peak_memory_mb()
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux's /proc, to a clock tick); elsewhere since
+    this module was imported, which misses the imports before it."""
+    try:
+        with open("/proc/self/stat", encoding="utf-8") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime", encoding="utf-8") as f:
+            return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - IMPORTED
 
 
 def memory_mb() -> float:
@@ -85,21 +105,156 @@ def mixed_steps(step, points: list[tuple]) -> float:
     return peak_mb() - before
 
 
+class _Probe:
+    """The run's model, optimizer and strategy, built as `lmtune train` builds them, and the
+    measurements taken of them (`out`, the probe's answer)."""
+
+    def __init__(self, cfg, task, spec: dict, precision: str):
+        from lmtune import runtime
+        from lmtune.distributed import make_strategy
+        from lmtune.methods import get_method
+        from lmtune.models.load import load_tokenizer
+        from lmtune.optim import build_optimizer
+        from lmtune.plan.shape import model_shape
+        from lmtune.prepare import build_model
+
+        self.task, self.precision, self.out = task, precision, {}
+        self.tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
+        # What the model's libraries add is the planner's base (it builds the model on the
+        # meta device before predicting, as training does before loading), not the model's.
+        model_shape(cfg, task, spec["model_path"], spec["label_names"], precision)
+        # A training process gets this far (its imports, the memory guard) before it loads.
+        self.out["start_seconds"] = process_seconds()
+        self.out["before_model_mb"] = memory_mb()
+        began = time.perf_counter()
+        kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
+        model = build_model(cfg, task, spec["model_path"], precision, kwargs)
+        self.out["load_seconds"] = time.perf_counter() - began
+        self.out["loaded_mb"] = memory_mb()  # with what loading left in the heap, as in a run
+        runtime.release_free_memory()
+        self.loaded_mb = memory_mb()
+        method = get_method(cfg.method)
+        self.strategy = make_strategy(cfg.train, precision)
+        optimizer = build_optimizer(model, cfg.train,
+                                    method.lr_scale(cfg) if method.lr_scale else None)
+        self.model = self.strategy.wrap(model, optimizer)
+        self.model.train()
+        self.vocab = self.model.get_input_embeddings().num_embeddings
+        self.pad = self.tokenizer.pad_token_id or 0
+        self.labels = max(1, len(spec["label_names"] or []))
+
+    def batch(self, b: int, w: int, trained: int):
+        rows = self.task.synthetic_rows(b, w, trained, self.vocab, self.labels)
+        idx = list(range(b))
+        return (self.task.batch(rows, idx, self.pad, self.strategy.device),
+                self.task.trained_tokens(rows, idx))
+
+    def step(self, data) -> tuple[float, float]:
+        """Seconds of forward + backward, and of the optimizer's update."""
+        from lmtune import runtime
+
+        began = time.perf_counter()
+        loss, _ = self.task.loss_and_stats(self.model, data,
+                                           lambda: runtime.autocast(self.precision))
+        self.strategy.backward(loss)  # the work of a training step, its log figures included
+        middle = time.perf_counter()
+        self.strategy.step()
+        return middle - began, time.perf_counter() - middle
+
+    def forward(self, data) -> float:
+        import torch
+
+        from lmtune import runtime
+
+        began = time.perf_counter()
+        self.model.eval()
+        with torch.inference_mode():
+            self.task.loss_sum(self.model, data, lambda: runtime.autocast(self.precision))
+        self.model.train()
+        return time.perf_counter() - began
+
+    def first_update(self, point: tuple) -> None:
+        """The optimizer's state exists from the first update on: what it adds."""
+        from lmtune import runtime
+
+        self.step(self.batch(*point)[0])
+        runtime.release_free_memory()  # the step's freed memory is not the model's
+        self.out["optimizer_mb"] = memory_mb() - self.loaded_mb  # AdamW's moments, kernels
+
+    def time_points(self, points: list[tuple], repeats: int) -> list[tuple]:
+        """Each shape's step, update and forward seconds (means after a warm-up step);
+        returns the shapes timed (a shape that repeats an earlier one is skipped)."""
+        self.out["points"], timed = [], []
+        for p in points:
+            data, trained = self.batch(*p)
+            if (p[0], p[1], trained) in ((q["rows"], q["width"], q["trained"])
+                                         for q in self.out["points"]):
+                continue  # a task without a language-model loss: no fraction is trained
+            timed.append(p)
+            self.step(data)  # warm: the kernels of this shape are built
+            runs = [self.step(data) for _ in range(repeats)]
+            self.out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
+                                       "backward_seconds": mean(r[0] for r in runs),
+                                       "update_seconds": mean(r[1] for r in runs),
+                                       "forward_seconds": mean(self.forward(data)
+                                                               for _ in range(2))})
+        return timed
+
+    def measure_memory(self, timed: list[tuple], points: list[tuple]) -> None:
+        """The memory each timed shape's step adds, each from a trimmed heap, then that of
+        the shapes mixed."""
+        from lmtune import runtime
+
+        for row, p in zip(self.out["points"], timed):
+            data = self.batch(*p)[0]
+            runtime.release_free_memory()  # what earlier shapes left in the heap goes back
+            before = memory_mb()
+            reset_peak()
+            self.step(data)
+            row["step_mb"] = peak_mb() - before
+        self.out["mixed_step_mb"] = mixed_steps(lambda p: self.step(self.batch(*p)[0]),
+                                                points)
+
+    def time_saves(self, near: Path) -> None:
+        """Seconds of one checkpoint (the trainable weights and the optimizer's state,
+        synced to disk) and of the final model dir, written as a run writes them, in a
+        temporary dir beside the run's output (the same disk)."""
+        from lmtune import checkpoint, rundir
+        from lmtune.models.io import save_model
+
+        with tempfile.TemporaryDirectory(dir=near, prefix=".lmtune-probe-") as tmp:
+            began = time.perf_counter()
+            self.strategy.save_checkpoint(Path(tmp) / "checkpoints", 1, None, scheduler={},
+                                          method=None, rngs=[checkpoint.rng_state()],
+                                          progress={}, keep=1, best_step=None)
+            middle = time.perf_counter()
+            weights = self.strategy.full_state()
+            rundir.atomic_save_dir(Path(tmp) / "model", lambda p: save_model(
+                self.strategy.module, self.tokenizer, p, weights))
+            self.out["checkpoint_seconds"] = middle - began
+            self.out["save_seconds"] = time.perf_counter() - middle
+
+
+def existing_parent(path: str) -> Path:
+    """The nearest directory of `path` (itself or an ancestor) that exists."""
+    where = Path(path).resolve()
+    while not where.is_dir():
+        where = where.parent
+    return where
+
+
 def main() -> int:
     spec = json.load(sys.stdin)
+    # The answer is the only thing on stdout: whatever the libraries print while the probe
+    # works (DeepSpeed's import, when saving imports it, logs there) goes to stderr.
+    answer = os.fdopen(os.dup(1), "w")
+    sys.stdout.flush()
+    os.dup2(2, 1)
     from lmtune import runtime
 
     runtime.configure_process()
-    import torch
-
     import lmtune.train  # noqa: F401 - everything a training process imports
     from lmtune.config import Config
-    from lmtune.distributed import make_strategy
-    from lmtune.methods import get_method
-    from lmtune.models.load import load_tokenizer
-    from lmtune.optim import build_optimizer
-    from lmtune.plan.shape import model_shape
-    from lmtune.prepare import build_model
     from lmtune.tasks import get_task
     from lmtune.typed_yaml import build
 
@@ -107,77 +262,16 @@ def main() -> int:
     task = get_task(cfg.task).for_run(cfg)
     precision = runtime.resolve_precision(cfg.train.precision)
     runtime.seed_everything(cfg.seed)
-    out: dict = {}
     with runtime.threads(cfg.train.threads or runtime.default_threads()):
-        tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
-        # What the model's libraries add is the planner's base (it builds the model on the
-        # meta device before predicting, as training does before loading), not the model's.
-        model_shape(cfg, task, spec["model_path"], spec["label_names"], precision)
-        out["before_model_mb"] = memory_mb()
-        began = time.perf_counter()
-        kwargs = task.model_kwargs(SimpleNamespace(label_names=spec["label_names"]))
-        model = build_model(cfg, task, spec["model_path"], precision, kwargs)
-        out["load_seconds"] = time.perf_counter() - began
-        out["loaded_mb"] = memory_mb()  # with what loading left in the heap, as in a run
-        runtime.release_free_memory()
-        loaded = memory_mb()
-        method = get_method(cfg.method)
-        strategy = make_strategy(cfg.train, precision)
-        optimizer = build_optimizer(model, cfg.train,
-                                    method.lr_scale(cfg) if method.lr_scale else None)
-        model = strategy.wrap(model, optimizer)
-        model.train()
-        vocab = model.get_input_embeddings().num_embeddings
-        pad = tokenizer.pad_token_id or 0
-        labels = max(1, len(spec["label_names"] or []))
-
-        def batch(b: int, w: int, trained: int):
-            rows = task.synthetic_rows(b, w, trained, vocab, labels)
-            idx = list(range(b))
-            return task.batch(rows, idx, pad, strategy.device), task.trained_tokens(rows, idx)
-
-        def step(data) -> tuple[float, float]:
-            began = time.perf_counter()
-            loss, _ = task.loss_and_stats(model, data, lambda: runtime.autocast(precision))
-            strategy.backward(loss)  # the work of a training step, its log figures included
-            middle = time.perf_counter()
-            strategy.step()
-            return middle - began, time.perf_counter() - middle
-
-        def forward(data) -> float:
-            began = time.perf_counter()
-            model.eval()
-            with torch.inference_mode():
-                task.loss_sum(model, data, lambda: runtime.autocast(precision))
-            model.train()
-            return time.perf_counter() - began
-
+        probe = _Probe(cfg, task, spec, precision)
         points = [tuple(p) for p in spec["points"]]
-        step(batch(*points[0])[0])  # the optimizer's state exists from the first update on
-        runtime.release_free_memory()  # the step's freed memory is not the model's
-        out["optimizer_mb"] = memory_mb() - loaded  # AdamW's moments, the oneDNN kernels
-        out["points"], timed = [], []
-        for p in points:
-            data, trained = batch(*p)
-            if (p[0], p[1], trained) in ((q["rows"], q["width"], q["trained"])
-                                         for q in out["points"]):
-                continue  # a task without a language-model loss: no fraction is trained
-            timed.append(p)
-            step(data)  # warm: the kernels of this shape are built
-            runs = [step(data) for _ in range(spec.get("repeats", 3))]
-            out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
-                                  "backward_seconds": mean(r[0] for r in runs),
-                                  "update_seconds": mean(r[1] for r in runs),
-                                  "forward_seconds": mean(forward(data) for _ in range(2))})
-        for row, p in zip(out["points"], timed):
-            data = batch(*p)[0]
-            runtime.release_free_memory()  # what earlier shapes left in the heap goes back
-            before = memory_mb()
-            reset_peak()
-            step(data)
-            row["step_mb"] = peak_mb() - before
-        out["mixed_step_mb"] = mixed_steps(lambda p: step(batch(*p)[0]), points)
-    json.dump(out, sys.stdout)
+        probe.first_update(points[0])
+        timed = probe.time_points(points, spec.get("repeats", 3))
+        probe.measure_memory(timed, points)
+        probe.time_saves(existing_parent(cfg.output_dir))
+    sys.stdout.flush()
+    json.dump(probe.out, answer)
+    answer.close()
     return 0
 
 
