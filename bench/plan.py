@@ -6,6 +6,7 @@ per-token sizes: what estimators that do not measure give).
 
     .venv/bin/python bench/plan.py              # every configuration below
     .venv/bin/python bench/plan.py --only minilm
+    .venv/bin/python bench/plan.py --fresh      # each calibration measured just before its run
     .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
 
 The configurations differ from the calibration shapes (widths 32-256, at most 32 MiniLM rows
@@ -120,11 +121,14 @@ def main() -> None:
     ap.add_argument("--only", help="run the configurations whose name holds this")
     ap.add_argument("--default-job", action="store_true", help="instead: the default job's "
                     "whole time, predicted and measured")
+    ap.add_argument("--fresh", action="store_true", help="measure each configuration's "
+                    "calibration again just before its run (the two minutes apart, so the "
+                    "host's drift in speed between them is small)")
     args = ap.parse_args()
     if args.default_job:
         return default_job()
     from lmtune.config import load_config
-    from lmtune.plan.calibrate import cached
+    from lmtune.plan.calibrate import cached, calibration_path
     from lmtune.plan.command import make_plan
     from lmtune.plan.measure import measure_run
     from lmtune.runtime import environment
@@ -140,11 +144,13 @@ def main() -> None:
         if args.only and args.only not in name:
             continue
         cfg = load_config(None, overrides + ["output_dir=runs/bench-plan"])
+        enc = encoded(cfg)
+        if args.fresh:
+            calibration_path(cfg, enc[2], len(enc[3] or [])).unlink(missing_ok=True)
         make_plan(cfg, [cfg.method])  # calibrates once per model and method
         m = measure_run(cfg)
         if "error" in m:
             sys.exit(f"{name}: {m['error']}")
-        enc = encoded(cfg)
         flat = uncalibrated_peak(cfg, enc)
         predicted = step_predictions(cfg, enc, cached(cfg, enc[2], len(enc[3] or [])))[1]
         flat_err = flat / m["peak_memory_mb"] - 1
