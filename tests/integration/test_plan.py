@@ -57,6 +57,10 @@ def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, t
     assert full.start_seconds > full.load_seconds > 0
     assert full.checkpoint_seconds > 0 and full.save_seconds > 0
     assert not list(tmp_path.glob(".lmtune-probe-*"))
+    raw = json.loads(next((tmp_path / "cache" / "plan").glob("*.json")).read_text())
+    assert [len(raw[k]) for k in ("early_steps", "before_validation_steps",
+                                  "after_validation_steps")] == [2, 3, 2]
+    assert min(raw["early_steps"] + raw["after_validation_steps"]) > 0
 
 
 def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama, chat_jsonl,

@@ -4,7 +4,7 @@ import pytest
 
 from lmtune.data.collate import Encoded
 from lmtune.plan.calibrate import probe_points
-from lmtune.plan.model import Fit, fit
+from lmtune.plan.model import Fit, cold_seconds, fit
 from lmtune.plan.planner import Row, checkpoints, recommend
 from lmtune.plan.shape import ModelShape, analytic_mb
 
@@ -110,3 +110,11 @@ def test_a_run_checkpoints_at_each_epoch_end_and_every_n_steps_once_each():
     assert checkpoints(100, 320, 0) == 1  # a run shorter than an epoch: its last step
     assert checkpoints(640, 320, 100) == 8  # steps 100-600, and 320 and 640
     assert checkpoints(640, 320, 160) == 4  # 160 and 480 beside the epochs' ends
+
+
+def test_cold_steps_count_what_they_take_beyond_warm_steps_of_the_same_shape():
+    out = {"early_steps": [1.0, 0.8], "before_validation_steps": [0.5, 0.4, 0.6],
+           "after_validation_steps": [1.2, 0.6]}
+    assert cold_seconds(out) == pytest.approx((0.8, 0.8))
+    out["after_validation_steps"] = [0.45, 0.5]  # faster than warm: nothing to add
+    assert cold_seconds(out)[1] == 0.0

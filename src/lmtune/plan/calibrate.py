@@ -31,8 +31,9 @@ PROBE_TOKEN_BUDGET = 1e11
 # calibration of an older lmtune is measured again rather than mixed with the new model.
 # (Versions 3 and 4 also read a speed reference; never released. Version 5 keeps the mean
 # of a shape's timed steps, where 4 kept the fastest; 6 adds width 32, 7 width 256 with a
-# quarter of it trained; 8 times the start, a checkpoint and the final save.)
-PROBE_VERSION = 8
+# quarter of it trained; 8 times the start, a checkpoint and the final save; 9 the steps
+# after the start and after a validation.)
+PROBE_VERSION = 9
 
 
 def step_settings(cfg: Config) -> dict:

@@ -108,6 +108,10 @@ class Calibration:
     start_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
     save_seconds: float = 0.0
+    # What a run's second and third steps, and the two steps after a validation pass, take
+    # beyond warm steps of the same shape: a short run's mean step holds them.
+    early_seconds: float = 0.0
+    after_validation_seconds: float = 0.0
 
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
@@ -119,7 +123,16 @@ class Calibration:
                    float(np.median([p["update_seconds"] for p in pts])),
                    max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)),
                    out["optimizer_mb"], out["start_seconds"], out["checkpoint_seconds"],
-                   out["save_seconds"])
+                   out["save_seconds"], *cold_seconds(out))
+
+
+def cold_seconds(out: dict) -> tuple[float, float]:
+    """The extra seconds of a run's second and third steps, and of the two after a
+    validation: each pair beyond twice the mean warm step of the same shape (the three
+    steps just before the validation)."""
+    warm = 2 * float(np.mean(out["before_validation_steps"]))
+    return (max(0.0, sum(out["early_steps"]) - warm),
+            max(0.0, sum(out["after_validation_steps"]) - warm))
 
 
 @dataclass(frozen=True)

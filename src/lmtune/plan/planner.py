@@ -105,6 +105,10 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
         per_batch = [cal.backward(b.rows, b.width, b.trained) for b in run.batches]
         steps_in_epoch = max(1, math.ceil(len(per_batch) / accum))
         seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
+        # Steps 2-3 and the two after each validation but the last are slower (a cold
+        # process): spread over the run's steps, as its mean step holds them.
+        cold = cal.early_seconds + max(0, run.validations - 1) * cal.after_validation_seconds
+        seconds += cold / max(1, run.steps - 1)
         passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
         test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
         total = (cal.start_seconds + run.tokenize_seconds + cal.load_seconds

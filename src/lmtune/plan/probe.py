@@ -177,9 +177,28 @@ class _Probe:
         """The optimizer's state exists from the first update on: what it adds."""
         from lmtune import runtime
 
-        self.step(self.batch(*point)[0])
+        data = self.batch(*point)[0]
+        self.step(data)
         runtime.release_free_memory()  # the step's freed memory is not the model's
         self.out["optimizer_mb"] = memory_mb() - self.loaded_mb  # AdamW's moments, kernels
+        # A run's second and third steps, still slower than later ones (the process's heap
+        # and kernels are not settled yet).
+        self.out["early_steps"] = [sum(self.step(data)) for _ in range(2)]
+
+    def time_after_validation(self, points: list[tuple]) -> None:
+        """The two steps after a validation pass, and three before it, all of the first
+        shape: the pass leaves the process cold (a copy of the trainable weights kept as
+        the best ones, forward passes of other shapes, evaluation's heap trims), and the
+        steps after it fault their memory back in."""
+        from lmtune import runtime
+
+        data = self.batch(*points[0])[0]
+        self.out["before_validation_steps"] = [sum(self.step(data)) for _ in range(3)]
+        best = self.strategy.trainable_state()  # noqa: F841 - held, as a run holds it
+        for p in points[1:3]:
+            runtime.release_free_memory()
+            self.forward(self.batch(*p)[0])
+        self.out["after_validation_steps"] = [sum(self.step(data)) for _ in range(2)]
 
     def time_points(self, points: list[tuple], repeats: int) -> list[tuple]:
         """Each shape's step, update and forward seconds (means after a warm-up step);
@@ -267,6 +286,7 @@ def main() -> int:
         points = [tuple(p) for p in spec["points"]]
         probe.first_update(points[0])
         timed = probe.time_points(points, spec.get("repeats", 3))
+        probe.time_after_validation(points)
         probe.measure_memory(timed, points)
         probe.time_saves(existing_parent(cfg.output_dir))
     sys.stdout.flush()
