@@ -107,7 +107,8 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
         seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
         # Steps 2-3 and the two after each validation but the last are slower (a cold
         # process): spread over the run's steps, as its mean step holds them.
-        cold = cal.early_seconds + max(0, run.validations - 1) * cal.after_validation_seconds
+        followed = max(0, run.validations - 1) if run.val else 0  # no split: no passes
+        cold = cal.early_seconds + followed * cal.after_validation_seconds
         seconds += cold / max(1, run.steps - 1)
         passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
         test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)
