@@ -10,11 +10,13 @@ per-token sizes: what estimators that do not measure give).
     .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
 
 The configurations differ from the calibration shapes (widths 32-256, at most 32 MiniLM rows
-or 4 SmolLM2 rows, synthetic tokens) in batch size, data lengths and method. Peak memory is the training process's peak RSS (CPU);
-seconds per step is one optimizer step of training, validation excluded, as metrics.jsonl
-measures it (the mean of steps 2-16). The last column splits that error into the steps
-before validation and after it: far apart, the machine's speed changed during the run. The
-last line holds the mean absolute errors as key=value pairs.
+or 4 SmolLM2 rows, synthetic tokens) in batch size, data lengths and method. Peak memory is
+the training process's peak RSS (CPU); seconds per step is one optimizer step of training,
+validation excluded, as metrics.jsonl measures it (the mean of steps 2-16). The last column
+splits that error into the steps before validation and after it: far apart, the machine's
+speed changed during the run (its per-batch predictions leave out the planner's extra for
+the cold steps after the start and after validation, which the main column holds). The last
+line holds the mean absolute errors as key=value pairs.
 """
 from __future__ import annotations
 
@@ -145,14 +147,15 @@ def main() -> None:
             continue
         cfg = load_config(None, overrides + ["output_dir=runs/bench-plan"])
         enc = encoded(cfg)
+        labels = len(enc[3] or [])
         if args.fresh:
-            calibration_path(cfg, enc[2], len(enc[3] or [])).unlink(missing_ok=True)
+            calibration_path(cfg, enc[2], labels).unlink(missing_ok=True)
         make_plan(cfg, [cfg.method])  # calibrates once per model and method
         m = measure_run(cfg)
         if "error" in m:
             sys.exit(f"{name}: {m['error']}")
         flat = uncalibrated_peak(cfg, enc)
-        predicted = step_predictions(cfg, enc, cached(cfg, enc[2], len(enc[3] or [])))[1]
+        predicted = step_predictions(cfg, enc, cached(cfg, enc[2], labels))[1]
         flat_err = flat / m["peak_memory_mb"] - 1
         mem.append(abs(m["memory_error"]))
         sec.append(abs(m["time_error"]))

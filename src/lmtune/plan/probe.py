@@ -120,7 +120,8 @@ class _Probe:
         from lmtune.plan.shape import model_shape
         from lmtune.prepare import build_model
 
-        self.task, self.precision, self.out = task, precision, {}
+        self.task, self.out = task, {}
+        self.autocast = lambda: runtime.autocast(precision)  # the run's mixed precision
         self.tokenizer = load_tokenizer(spec["model_path"], cfg.trust_remote_code)
         # What the model's libraries add is the planner's base (it builds the model on the
         # meta device before predicting, as training does before loading), not the model's.
@@ -153,11 +154,8 @@ class _Probe:
 
     def step(self, data) -> tuple[float, float]:
         """Seconds of forward + backward, and of the optimizer's update."""
-        from lmtune import runtime
-
         began = time.perf_counter()
-        loss, _ = self.task.loss_and_stats(self.model, data,
-                                           lambda: runtime.autocast(self.precision))
+        loss, _ = self.task.loss_and_stats(self.model, data, self.autocast)
         self.strategy.backward(loss)  # the work of a training step, its log figures included
         middle = time.perf_counter()
         self.strategy.step()
@@ -166,12 +164,10 @@ class _Probe:
     def forward(self, data) -> float:
         import torch
 
-        from lmtune import runtime
-
         began = time.perf_counter()
         self.model.eval()
         with torch.inference_mode():
-            self.task.loss_sum(self.model, data, lambda: runtime.autocast(self.precision))
+            self.task.loss_sum(self.model, data, self.autocast)
         self.model.train()
         return time.perf_counter() - began
 
