@@ -61,6 +61,7 @@ def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, t
     assert [len(raw[k]) for k in ("early_steps", "before_validation_steps",
                                   "after_validation_steps")] == [2, 3, 2]
     assert min(raw["early_steps"] + raw["after_validation_steps"]) > 0
+    assert all(p["first_seconds"] > 0 for p in raw["points"])  # each shape's first step
 
 
 def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama, chat_jsonl,

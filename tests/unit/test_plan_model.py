@@ -4,8 +4,8 @@ import pytest
 
 from lmtune.data.collate import Encoded
 from lmtune.plan.calibrate import probe_points
-from lmtune.plan.model import Fit, cold_seconds, fit
-from lmtune.plan.planner import Row, checkpoints, recommend
+from lmtune.plan.model import Batch, Fit, cold_seconds, fit, new_shape_share
+from lmtune.plan.planner import Row, checkpoints, first_of_shapes, recommend
 from lmtune.plan.shape import ModelShape, analytic_mb
 
 
@@ -47,9 +47,10 @@ def test_probe_shapes_shrink_with_the_model_and_stay_within_its_positions():
     small, large = probe_points(22_000_000, 512), probe_points(135_000_000, 512)
     assert max(b * w for b, w, _ in small) > max(b * w for b, w, _ in large)
     assert all(w <= 100 for _, w, _ in probe_points(135_000_000, 100))
-    assert {w for _, w, _ in small} == {32, 64, 128, 256}  # the same for every run of a model
-    assert {w for _, w, _ in probe_points(22_000_000, 128)} == {32, 64, 128}
-    assert {w for _, w, _ in probe_points(22_000_000, 48)} == {32, 48}
+    assert {w for _, w, _ in small} == {16, 32, 64, 128, 256}  # the same for every run
+    assert {w for _, w, _ in probe_points(22_000_000, 128)} == {16, 32, 64, 128}
+    assert {w for _, w, _ in probe_points(22_000_000, 48)} == {16, 32, 48}
+    assert {w for _, w, _ in probe_points(22_000_000, 24)} == {16, 24}
     # attention is told from the vocabulary where it is largest: both fractions trained there
     assert {t for _, w, t in small if w == 256} == {256, 64}
 
@@ -118,3 +119,23 @@ def test_cold_steps_count_what_they_take_beyond_warm_steps_of_the_same_shape():
     assert cold_seconds(out) == pytest.approx((0.8, 0.8))
     out["after_validation_steps"] = [0.45, 0.5]  # faster than warm: nothing to add
     assert cold_seconds(out)[1] == 0.0
+
+
+def test_a_new_shape_costs_its_first_steps_share_beyond_warm_steps():
+    def point(rows, width, first, warm):
+        return {"rows": rows, "width": width, "first_seconds": first,
+                "backward_seconds": warm - 0.1, "update_seconds": 0.1}
+
+    pts = [point(8, 64, 5.0, 1.0),  # the probe's first shape: warmed before it was timed
+           point(16, 64, 1.2, 1.0), point(8, 128, 2.6, 2.0),
+           point(8, 128, 9.0, 2.0),  # the rows and width of the one before: not new
+           point(8, 32, 0.4, 0.5)]  # faster than warm: no extra
+    assert new_shape_share(pts) == pytest.approx((0.2 + 0.3 + 0.0) / 3)
+    assert new_shape_share(pts[:1]) == 0.0
+
+
+def test_each_batch_shape_counts_once_and_the_first_batch_not_at_all():
+    batches = [Batch(32, 16, 0), Batch(32, 24, 0), Batch(32, 16, 0), Batch(32, 24, 0),
+               Batch(8, 24, 0), Batch(32, 64, 0)]
+    seconds = [1.0, 2.0, 1.5, 2.5, 0.5, 4.0]
+    assert first_of_shapes(batches, seconds) == pytest.approx(2.0 + 0.5 + 4.0)

@@ -32,8 +32,8 @@ PROBE_TOKEN_BUDGET = 1e11
 # (Versions 3 and 4 also read a speed reference; never released. Version 5 keeps the mean
 # of a shape's timed steps, where 4 kept the fastest; 6 adds width 32, 7 width 256 with a
 # quarter of it trained; 8 times the start, a checkpoint and the final save; 9 the steps
-# after the start and after a validation.)
-PROBE_VERSION = 9
+# after the start and after a validation; 10 adds width 16 and the first step of each shape.)
+PROBE_VERSION = 10
 
 
 def step_settings(cfg: Config) -> dict:
@@ -61,16 +61,17 @@ def calibration_key(cfg: Config, model_path: str, labels: int) -> str:
 
 
 def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
-    """(rows, width, trained tokens per row) for the probe: two batch sizes at widths 32, 64
-    and 128, and half the rows at width 256 where the model takes it, each width with all
-    of its tokens trained (a language-model loss) and with a quarter of them. A step's
+    """(rows, width, trained tokens per row) for the probe: two batch sizes at widths 16,
+    32, 64 and 128, and half the rows at width 256 where the model takes it, each width with
+    all of its tokens trained (a language-model loss) and with a quarter of them. A step's
     memory and time are not linear in the width on a CPU (attention, and the allocator), so
     the fit must see the widths that instruction data reaches rather than extrapolate to
-    them, and the short batches of sentence classification, where the fixed cost of a step
-    (which a line through the larger shapes only guesses) is a large part of it. At the
+    them, and the short batches of sentence classification (most are 16-24 tokens wide),
+    where the fixed cost of a step (which a line through the larger shapes underestimates:
+    autocast's casts of the weights, the layers' Python) is a large part of it. At the
     widest width, where the attention term is largest, only the two trained fractions tell
     it from the vocabulary's (instruction data trains a tenth of its tokens or less)."""
-    w0, w1, w2, w3 = (min(w, max_width) for w in (32, 64, 128, 256))
+    w00, w0, w1, w2, w3 = (min(w, max_width) for w in (16, 32, 64, 128, 256))
     per = PROBE_TOKEN_BUDGET / max(params, 1) / w2
     rows = min(32, max(2, 1 << int(max(per, 1)).bit_length() - 1))
     half = rows // 2
@@ -78,7 +79,8 @@ def probe_points(params: int, max_width: int) -> list[tuple[int, int, int]]:
     out = [(half, w1, w1), (rows, w1, w1 // 4), (half, w2, w2), (rows, w2, w2 // 4),
            (rows, w2, w2)]
     out += [(half, w3, w3), (half, w3, w3 // 4)] if w3 > w2 else []
-    return out + [(half, w0, w0), (rows, w0, w0 // 4)] if w0 < w1 else out
+    out += [(half, w0, w0), (rows, w0, w0 // 4)] if w0 < w1 else []
+    return out + [(half, w00, w00), (rows, w00, w00 // 4)] if w00 < w0 else out
 
 
 def calibration_path(cfg: Config, model_path: str, labels: int) -> Path:

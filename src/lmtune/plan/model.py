@@ -112,6 +112,10 @@ class Calibration:
     # beyond warm steps of the same shape: a short run's mean step holds them.
     early_seconds: float = 0.0
     after_validation_seconds: float = 0.0
+    # The share by which the first step of a batch shape the process has not run yet is
+    # slower than a warm one (oneDNN builds and caches kernels per shape): once for each
+    # shape of a run.
+    new_shape_share: float = 0.0
 
     @classmethod
     def from_probe(cls, out: dict) -> Calibration:
@@ -123,7 +127,7 @@ class Calibration:
                    float(np.median([p["update_seconds"] for p in pts])),
                    max(1.0, out["mixed_step_mb"] / max(p["step_mb"] for p in pts)),
                    out["optimizer_mb"], out["start_seconds"], out["checkpoint_seconds"],
-                   out["save_seconds"], *cold_seconds(out))
+                   out["save_seconds"], *cold_seconds(out), new_shape_share(pts))
 
 
 def cold_seconds(out: dict) -> tuple[float, float]:
@@ -133,6 +137,20 @@ def cold_seconds(out: dict) -> tuple[float, float]:
     warm = 2 * float(np.mean(out["before_validation_steps"]))
     return (max(0.0, sum(out["early_steps"]) - warm),
             max(0.0, sum(out["after_validation_steps"]) - warm))
+
+
+def new_shape_share(points: list[dict]) -> float:
+    """The mean share by which a shape's first step is slower than its warm ones, over the
+    probe's shapes but the first (the probe's first update ran that one already), and but
+    those whose rows and width an earlier shape had (the same matmuls)."""
+    seen, shares = set(), []
+    for i, p in enumerate(points):
+        key = (p["rows"], p["width"])
+        if i and key not in seen:
+            warm = p["backward_seconds"] + p["update_seconds"]
+            shares.append(max(0.0, p["first_seconds"] / warm - 1))
+        seen.add(key)
+    return float(np.mean(shares)) if shares else 0.0
 
 
 @dataclass(frozen=True)

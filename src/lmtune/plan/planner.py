@@ -71,6 +71,15 @@ def run_shape(cfg: Config, task, data: dict[str, Encoded], world: int,
                     max(b.width for b in batches))
 
 
+def first_of_shapes(batches: list[Batch], seconds: list[float]) -> float:
+    """The summed `seconds` of each batch shape's first batch, but the run's first batch
+    (its first step is not a warm one anyway)."""
+    firsts = {}
+    for b, s in zip(batches, seconds):
+        firsts.setdefault((b.rows, b.width), s)
+    return sum(firsts.values()) - seconds[0]
+
+
 def checkpoints(steps: int, per_epoch: int, every: int) -> int:
     """How many checkpoints a run of `steps` writes: one at each epoch's end and at the last
     step, and one every `every` steps (0: none) where no epoch ends."""
@@ -105,10 +114,12 @@ def predict(cfg: Config, run: RunShape, shape: ModelShape, cal: Calibration | No
         per_batch = [cal.backward(b.rows, b.width, b.trained) for b in run.batches]
         steps_in_epoch = max(1, math.ceil(len(per_batch) / accum))
         seconds = sum(per_batch) / steps_in_epoch + cal.update_seconds
-        # Steps 2-3 and the two after each validation but the last are slower (a cold
-        # process): spread over the run's steps, as its mean step holds them.
+        # Steps 2-3, the two after each validation but the last, and the first of each
+        # batch shape after the first step's are slower (a cold process, new kernels):
+        # spread over the run's steps, as its mean step holds them.
         followed = max(0, run.validations - 1) if run.val else 0  # no split: no passes
-        cold = cal.early_seconds + followed * cal.after_validation_seconds
+        cold = (cal.early_seconds + followed * cal.after_validation_seconds
+                + cal.new_shape_share * first_of_shapes(run.batches, per_batch))
         seconds += cold / max(1, run.steps - 1)
         passes = sum(cal.forward(b.rows, b.width, b.trained) for b in run.val)
         test = sum(cal.forward(b.rows, b.width, b.trained) for b in run.test)

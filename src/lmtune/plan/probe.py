@@ -199,8 +199,9 @@ class _Probe:
         self.out["after_validation_steps"] = [sum(self.step(data)) for _ in range(2)]
 
     def time_points(self, points: list[tuple], repeats: int) -> list[tuple]:
-        """Each shape's step, update and forward seconds (means after a warm-up step);
-        returns the shapes timed (a shape that repeats an earlier one is skipped)."""
+        """Each shape's step, update and forward seconds (means after a warm-up step), and
+        the warm-up step's own (a shape's first step builds its kernels); returns the shapes
+        timed (a shape that repeats an earlier one is skipped)."""
         self.out["points"], timed = [], []
         for p in points:
             data, trained = self.batch(*p)
@@ -208,9 +209,10 @@ class _Probe:
                                          for q in self.out["points"]):
                 continue  # a task without a language-model loss: no fraction is trained
             timed.append(p)
-            self.step(data)  # warm: the kernels of this shape are built
+            first = sum(self.step(data))  # warm: the kernels of this shape are built
             runs = [self.step(data) for _ in range(repeats)]
             self.out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
+                                       "first_seconds": first,
                                        "backward_seconds": mean(r[0] for r in runs),
                                        "update_seconds": mean(r[1] for r in runs),
                                        "forward_seconds": mean(self.forward(data)
