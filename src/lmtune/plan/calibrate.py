@@ -32,8 +32,9 @@ PROBE_TOKEN_BUDGET = 1e11
 # (Versions 3 and 4 also read a speed reference; never released. Version 5 keeps the mean
 # of a shape's timed steps, where 4 kept the fastest; 6 adds width 32, 7 width 256 with a
 # quarter of it trained; 8 times the start, a checkpoint and the final save; 9 the steps
-# after the start and after a validation; 10 adds width 16 and the first step of each shape.)
-PROBE_VERSION = 10
+# after the start and after a validation; 10 adds width 16 and the first step of each shape;
+# 11 takes the repeats in rounds over the shapes.)
+PROBE_VERSION = 11
 
 
 def step_settings(cfg: Config) -> dict:

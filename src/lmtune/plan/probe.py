@@ -8,8 +8,9 @@ same optimizer, distribution strategy (one process) and task loss, so what it me
 what training holds: the memory the model and the optimizer's state add, and for each
 batch shape the seconds of a step (forward + backward, and the optimizer update apart), of a
 forward pass alone (evaluation), and the memory a step adds on top of the rest. Times are
-means of a few repeats after a warm-up step, as a run's log reports the mean of its steps
-(the fastest repeat would predict a step a few percent short).
+means of a few repeats after a warm-up step, taken in rounds over the shapes, as a run's log
+reports the mean of its steps of changing shapes (the fastest repeat would predict a step a
+few percent short).
 
 It runs in its own process because peak memory can only be read per process, and so the
 planner's own process never holds the weights. Step memory is measured after the timings,
@@ -199,24 +200,28 @@ class _Probe:
         self.out["after_validation_steps"] = [sum(self.step(data)) for _ in range(2)]
 
     def time_points(self, points: list[tuple], repeats: int) -> list[tuple]:
-        """Each shape's step, update and forward seconds (means after a warm-up step), and
-        the warm-up step's own (a shape's first step builds its kernels); returns the shapes
-        timed (a shape that repeats an earlier one is skipped)."""
-        self.out["points"], timed = [], []
+        """Each shape's step, update and forward seconds (means of `repeats` steps and two
+        forward passes after a warm-up step), and the warm-up step's own (a shape's first
+        step builds its kernels); returns the shapes timed (a shape that repeats an earlier
+        one is skipped). The repeats go round the shapes, as a run's batches change shape
+        every step: a slow spell of a shared host then slows every shape a little rather
+        than one shape much, which would bend the fit."""
+        self.out["points"], timed, batches = [], [], []
         for p in points:
             data, trained = self.batch(*p)
             if (p[0], p[1], trained) in ((q["rows"], q["width"], q["trained"])
                                          for q in self.out["points"]):
                 continue  # a task without a language-model loss: no fraction is trained
             timed.append(p)
-            first = sum(self.step(data))  # warm: the kernels of this shape are built
-            runs = [self.step(data) for _ in range(repeats)]
+            batches.append(data)
             self.out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
-                                       "first_seconds": first,
-                                       "backward_seconds": mean(r[0] for r in runs),
-                                       "update_seconds": mean(r[1] for r in runs),
-                                       "forward_seconds": mean(self.forward(data)
-                                                               for _ in range(2))})
+                                       "first_seconds": sum(self.step(data))})
+        steps = [[self.step(data) for data in batches] for _ in range(repeats)]
+        passes = [[self.forward(data) for data in batches] for _ in range(2)]
+        for i, row in enumerate(self.out["points"]):
+            row["backward_seconds"] = mean(r[i][0] for r in steps)
+            row["update_seconds"] = mean(r[i][1] for r in steps)
+            row["forward_seconds"] = mean(r[i] for r in passes)
         return timed
 
     def measure_memory(self, timed: list[tuple], points: list[tuple]) -> None:
