@@ -37,6 +37,17 @@ def configure_process() -> None:
     # its fast 4-bit kernel would need a hub download; every command imports it through
     # peft, whether it quantizes or not, and the fallback kernel is what lmtune runs.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # DeepSpeed (installed for train.distributed=zero) logs on stdout, on import, that it
+    # found no GPU and uses the CPU; transformers imports it at every `save_pretrained`
+    # (its unwrapping checks for DeepSpeed engines), so every run's output ended with that
+    # line. Its logger sets its own level on import, so a filter, which it keeps, drops it.
+    deepspeed = logging.getLogger("DeepSpeed")
+    if _no_cpu_notice not in deepspeed.filters:
+        deepspeed.addFilter(_no_cpu_notice)
+
+
+def _no_cpu_notice(record: logging.LogRecord) -> bool:
+    return "Setting accelerator to CPU" not in record.getMessage()
 
 
 @lru_cache(maxsize=1)

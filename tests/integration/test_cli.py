@@ -23,6 +23,20 @@ def test_bad_data_exits_2_without_traceback_or_run_dir(tmp_path, tiny_bert):
     assert not out.exists()
 
 
+def test_a_run_keeps_deepspeeds_cpu_notice_off_its_output(tmp_path, tiny_bert):
+    """Saving the model imports DeepSpeed where it is installed (transformers checks for its
+    engines), which announced on stdout that it uses the CPU."""
+    pytest.importorskip("deepspeed")
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16))
+    proc = subprocess.run([sys.executable, "-m", "lmtune", "train", "--quiet",
+                           f"model={tiny_bert}", f"data.train={train}", "train.max_steps=1",
+                           f"output_dir={tmp_path / 'run'}", "train.threads=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "model").is_dir()
+    assert "accelerator" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "train.lrr=1"], "Did you mean 'train.lr'"),
     (["train", "model=./no/such/dir"], "directory not found"),
