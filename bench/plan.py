@@ -8,6 +8,7 @@ per-token sizes: what estimators that do not measure give).
     .venv/bin/python bench/plan.py --only minilm
     .venv/bin/python bench/plan.py --fresh      # each calibration measured just before its run
     .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
+    .venv/bin/python bench/plan.py --only "minilm full b32" --repeat 6   # the host's noise
 
 The configurations differ from the calibration shapes (widths 32-256, at most 32 MiniLM rows
 or 4 SmolLM2 rows, synthetic tokens) in batch size, data lengths and method. Peak memory is
@@ -118,6 +119,33 @@ def default_job() -> None:
     print(f"default_job_predicted={predicted:.1f} default_job_measured={measured:.1f}")
 
 
+def repeated(name: str, runs: int) -> None:
+    """One configuration, one fresh calibration, then `runs` runs of `lmtune train` back to
+    back: how far the same run's measured step time moves between minutes on this host,
+    the floor under any prediction's error."""
+    from lmtune.config import load_config
+    from lmtune.plan.calibrate import calibration_path
+    from lmtune.plan.command import make_plan
+    from lmtune.plan.measure import measure_run
+
+    cfg = load_config(None, dict(CONFIGS)[name] + ["output_dir=runs/bench-plan"])
+    enc = encoded(cfg)
+    calibration_path(cfg, enc[2], len(enc[3] or [])).unlink(missing_ok=True)
+    make_plan(cfg, [cfg.method])
+    print("| configuration | run | at | s/step predicted | measured | error |")
+    print("|---|---|---|---|---|---|")
+    measured = []
+    for i in range(runs):
+        m = measure_run(cfg)
+        if "error" in m:
+            sys.exit(f"{name}: {m['error']}")
+        measured.append(m["seconds_per_step"])
+        print(f"| {name} | run {i + 1} | {time.strftime('%H:%M:%S')} | "
+              f"{m['predicted_seconds']:.3f} | {m['seconds_per_step']:.3f} | "
+              f"{m['time_error']:+.1%} |", flush=True)
+    print(f"runs={runs} slowest_over_fastest={max(measured) / min(measured) - 1:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", help="run the configurations whose name holds this")
@@ -126,9 +154,15 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="measure each configuration's "
                     "calibration again just before its run (the two minutes apart, so the "
                     "host's drift in speed between them is small)")
+    ap.add_argument("--repeat", metavar="N", type=int, help="with --only: one calibration, "
+                    "then N runs of the first matching configuration back to back (how much "
+                    "the host's speed alone moves a measurement)")
     args = ap.parse_args()
     if args.default_job:
         return default_job()
+    if args.repeat:
+        name = next(n for n, _ in CONFIGS if args.only and args.only in n)
+        return repeated(name, args.repeat)
     from lmtune.config import load_config
     from lmtune.plan.calibrate import cached, calibration_path
     from lmtune.plan.command import make_plan
