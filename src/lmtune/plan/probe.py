@@ -19,10 +19,10 @@ memory a step adds is what it allocates, not what earlier shapes left behind. Th
 shapes run mixed, as a run's batches do, for what the heap keeps between them. It also
 times the steps a warm process does not show, which a short run's mean step holds: each
 shape's first (its kernels are built then), a run's second and third, and the two after a
-validation pass (`time_after_validation`). Last, it
-writes a checkpoint and the model dir as a run does, timed: with the seconds the process
-took to reach the model's loading (its imports and the memory guard), the parts of a run's
-time that are not steps, evaluation or tokenizing.
+validation pass (`time_after_validation`). Last, it writes a checkpoint and the model dir
+as a run does, timed: with the seconds the process took to reach the model's loading (its
+imports and the memory guard), the parts of a run's time that are not steps, evaluation or
+tokenizing.
 """
 from __future__ import annotations
 

@@ -33,16 +33,22 @@ TASKS = {"supervised": "sft", "dpo": "dpo"}
 KEYS = {"n_epochs": "train.epochs", "batch_size": "train.batch_size", "beta": "dpo.beta"}
 
 
+def method_of(req: dict) -> tuple[str, dict]:
+    """A job request's method ("supervised" or "dpo") and its hyperparameters: those given
+    at the top level (the API's older form), overridden by the method's own."""
+    method = req.get("method") or {"type": "supervised"}
+    kind = method.get("type", "supervised")
+    return kind, {**(req.get("hyperparameters") or {}),
+                  **((method.get(kind) or {}).get("hyperparameters") or {})}
+
+
 def train_args(job: dict, files: Callable[[str], dict | None], base: str, run_dir: Path,
                checkpoint_every: int) -> list[str]:
     """The `lmtune train` command line for a job's request."""
     from lmtune.methods import get_method
 
     req = job["request"]
-    method = req.get("method") or {"type": "supervised"}
-    kind = method.get("type", "supervised")
-    hyper = {**(req.get("hyperparameters") or {}),
-             **((method.get(kind) or {}).get("hyperparameters") or {})}
+    kind, hyper = method_of(req)
     args = [f"task={TASKS[kind]}", f"model={base}", "method=lora",
             f"data.train={files(req['training_file'])['path']}", f"output_dir={run_dir}",
             f"seed={req['seed']}", f"train.checkpoint_every={checkpoint_every}",

@@ -16,7 +16,7 @@ from lmtune.serve.events import checkpoints
 from lmtune.serve.http import ApiError
 from lmtune.serve.job_schemas import (CheckpointList, EventList, FileDeleted, FileList,
                                       FileObject, Job, JobList, JobRequest)
-from lmtune.serve.jobs import ACTIVE, Runner
+from lmtune.serve.jobs import ACTIVE, Runner, method_of
 from lmtune.serve.models import Served, training_base
 from lmtune.serve.store import Store, new_id
 
@@ -160,11 +160,9 @@ def _file(record: dict) -> FileObject:
 
 def _job(job: dict) -> Job:
     req = job["request"]
-    method = req.get("method") or {"type": "supervised"}
-    kind = method.get("type", "supervised")
+    kind, given = method_of(req)
     hyper = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto",
-             **(req.get("hyperparameters") or {}),
-             **((method.get(kind) or {}).get("hyperparameters") or {})}
+             **given}
     return Job(id=job["id"], created_at=job["created_at"], error=job["error"],
                fine_tuned_model=job["fine_tuned_model"], finished_at=job["finished_at"],
                hyperparameters=hyper, model=req["model"], seed=req["seed"],
