@@ -161,8 +161,10 @@ def main() -> None:
     if args.default_job:
         return default_job()
     if args.repeat:
-        name = next(n for n, _ in CONFIGS if args.only and args.only in n)
-        return repeated(name, args.repeat)
+        names = [n for n, _ in CONFIGS if args.only and args.only in n]
+        if not names:
+            ap.error("--repeat needs --only with part of a configuration's name")
+        return repeated(names[0], args.repeat)
     from lmtune.config import load_config
     from lmtune.plan.calibrate import cached, calibration_path
     from lmtune.plan.command import make_plan
