@@ -10,7 +10,7 @@ per-token sizes: what estimators that do not measure give).
     .venv/bin/python bench/plan.py --default-job    # the whole default job, about 12 min
     .venv/bin/python bench/plan.py --only "minilm full b32" --repeat 6   # the host's noise
 
-The configurations differ from the calibration shapes (widths 32-256, at most 32 MiniLM rows
+The configurations differ from the calibration shapes (widths 16-256, at most 32 MiniLM rows
 or 4 SmolLM2 rows, synthetic tokens) in batch size, data lengths and method. Peak memory is
 the training process's peak RSS (CPU); seconds per step is one optimizer step of training,
 validation excluded, as metrics.jsonl measures it (the mean of steps 2-16). The last column
