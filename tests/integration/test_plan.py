@@ -32,6 +32,20 @@ def clm_config(model, tmp_path, *extra):
                               *extra])
 
 
+class Bar:
+    """What a progress bar is told."""
+
+    def __init__(self):
+        self.totals, self.n = [], 0
+
+    def refresh(self):
+        self.totals.append(self.total)
+
+    def update(self, k):
+        assert self.totals, "a step before the bar's length"
+        self.n += k
+
+
 def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, tmp_path):
     """Measured, not assumed: the steps of the probe's shapes (up to 32 x 128 tokens) add
     memory per token (4,096 tokens through this model: activations and logits of well over
@@ -42,8 +56,11 @@ def test_the_probe_measures_activations_and_lora_holds_less_state(small_llama, t
     params = AutoModelForCausalLM.from_pretrained(small_llama).num_parameters()
     # Widths up to 128 (the probe's width-256 shape is for models that take it; not needed
     # to show what this test checks, and the longest of its steps).
+    bar = Bar()
     full = calibrate(clm_config(small_llama, tmp_path, "method=full"), str(small_llama), None,
-                     params, 128)
+                     params, 128, bar)
+    # The bar's length, given before the first step, is the number of steps that come.
+    assert bar.totals == [bar.n] and bar.n > 20
     lora = calibrate(clm_config(small_llama, tmp_path, "method=lora"), str(small_llama), None,
                      params, 128)
     assert full.optimizer_mb - lora.optimizer_mb > 0.6 * 8 * params / 2**20
@@ -72,6 +89,9 @@ def test_plan_cli_prints_a_row_per_method_and_reuses_its_calibration(tiny_llama,
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stderr.count("plan: measuring") == 2
+    # A bar while each method is measured, run to its end; the probe's own lines stay inside.
+    assert "measuring full: 100%" in first.stderr and "measuring lora: 100%" in first.stderr
+    assert "lmtune-probe-progress" not in first.stderr
     plan = json.loads((tmp_path / "plan.json").read_text())
     rows = {r["method"]: r for r in plan["rows"]}
     assert set(rows) == {"full", "lora"} and plan["recommended"] in rows

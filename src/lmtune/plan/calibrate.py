@@ -4,11 +4,13 @@ and keep the measurements under cache_dir/plan, keyed by everything that changes
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from lmtune import runtime
@@ -16,6 +18,7 @@ from lmtune.config import Config, cache_root
 from lmtune.data.cache import digest_model_files
 from lmtune.errors import LmtuneError
 from lmtune.plan.model import Calibration
+from lmtune.plan.probe import PROGRESS
 
 # Which settings of a run change what one step of a given shape costs (batch size, lengths,
 # epochs and the data do not: the probe's shapes are its own).
@@ -97,20 +100,53 @@ def cached(cfg: Config, model_path: str, labels: int) -> Calibration | None:
         return None
 
 
+def run_probe(spec: dict, bar=None) -> tuple[int, str, str]:
+    """Run `probe.py` on `spec`: its exit code, its answer (stdout) and the last lines of
+    its stderr. Its progress lines move `bar` (a tqdm: the total, then one step at a time)
+    as they come, and are not kept with the rest of stderr."""
+    child = subprocess.Popen([sys.executable, "-m", "lmtune.plan.probe"], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    answer = []  # read beside stderr, so neither pipe fills while the other is read
+    reader = threading.Thread(target=lambda: answer.append(child.stdout.read()))
+    reader.start()
+    try:
+        child.stdin.write(json.dumps(spec))
+        child.stdin.close()
+    except BrokenPipeError:  # it died before reading: its stderr says why
+        pass
+    tail = collections.deque(maxlen=8)
+    for line in child.stderr:
+        if line.startswith(PROGRESS):
+            _advance(bar, line[len(PROGRESS):])
+        elif line.strip():
+            tail.append(line.rstrip())
+    reader.join()
+    return child.wait(), answer[0], "\n".join(tail)
+
+
+def _advance(bar, what: str) -> None:
+    if bar is None:
+        return
+    if what.startswith("total "):
+        bar.total = int(what.split()[1])
+        bar.refresh()
+    else:
+        bar.update(1)
+
+
 def calibrate(cfg: Config, model_path: str, label_names: list[str] | None, params: int,
-              max_width: int) -> Calibration:
+              max_width: int, bar=None) -> Calibration:
     """Measure (in a child process, a few training steps) and keep the result. `max_width`:
     the model's positions (the probe's shapes are the same for every run of this model, so
-    one calibration serves them all)."""
+    one calibration serves them all); `bar`: a progress bar the probe's steps move."""
     path = calibration_path(cfg, model_path, len(label_names or []))
     spec = {"config": cfg.to_dict(), "model_path": model_path, "label_names": label_names,
             "points": probe_points(params, max_width)}
-    done = subprocess.run([sys.executable, "-m", "lmtune.plan.probe"], input=json.dumps(spec),
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+    code, answer, tail = run_probe(spec, bar)
+    if code != 0:
         raise LmtuneError(f"plan: measuring method={cfg.method} failed:\n{tail}")
-    out = json.loads(done.stdout)
+    out = json.loads(answer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{path}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out))

@@ -33,7 +33,7 @@ def cmd_plan(args, cfg: Config) -> int:
     methods = args.methods.split(",") if args.methods else candidates(cfg)
     for name in methods:
         method_config(cfg, name)  # an unknown or unsuitable method stops here
-    plan = make_plan(cfg, methods, args.measure)
+    plan = make_plan(cfg, methods, args.measure, progress=True)
     print(format_plan(plan))
     if args.measure:
         plan["measured"] = measure_rows(cfg, methods, plan)
@@ -44,9 +44,10 @@ def cmd_plan(args, cfg: Config) -> int:
     return 0
 
 
-def make_plan(cfg: Config, methods: list[str], measure: bool = False) -> dict:
+def make_plan(cfg: Config, methods: list[str], measure: bool = False,
+              progress: bool = False) -> dict:
     """Read and tokenize the data as `lmtune train` would (kept in the tokenized-data cache
-    for it), then plan each method."""
+    for it), then plan each method (`progress`: a bar while one is measured)."""
     from lmtune.models.load import load_model_config, load_tokenizer, resolve_model
     from lmtune.plan.planner import plan_rows
     from lmtune.prepare import encode_or_cached, fit_positions, sample_validation
@@ -70,7 +71,7 @@ def make_plan(cfg: Config, methods: list[str], measure: bool = False) -> dict:
     data = sample_validation(data, cfg.eval.max_samples, cfg.seed)
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     return plan_rows(cfg, task, data, model_path, task.label_names(raw), methods, measure,
-                     seconds, say)
+                     seconds, say, progress)
 
 
 def _num(v, fmt: str) -> str:

@@ -9,8 +9,11 @@ to use.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
+
+from tqdm.auto import tqdm
 
 from lmtune import runtime
 from lmtune.config import Config
@@ -164,8 +167,8 @@ def recommend(rows: list[Row], available: float) -> tuple[str | None, str]:
 
 def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
               label_names: list[str] | None, methods: list[str], measure: bool,
-              tokenize_seconds: float, say=print) -> dict:
-    """The plan as `--json` writes it."""
+              tokenize_seconds: float, say=print, progress: bool = False) -> dict:
+    """The plan as `--json` writes it; `progress`: a bar while a method is measured."""
     precision = runtime.resolve_precision(cfg.train.precision)
     run = run_shape(cfg, task, data, 1, tokenize_seconds)
     available = available_mb()
@@ -186,7 +189,11 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
             else:
                 say(f"plan: measuring {name} on this machine (once; kept for later plans)")
                 began = time.perf_counter()
-                cal = calibrate(mcfg, model_path, label_names, shape.total, shape.positions)
+                with tqdm(desc=f"measuring {name}", unit="step", dynamic_ncols=True,
+                          mininterval=0.5 if sys.stderr.isatty() else 30,
+                          disable=not progress) as bar:
+                    cal = calibrate(mcfg, model_path, label_names, shape.total,
+                                    shape.positions, bar)
                 say(f"plan: measured {name} in {time.perf_counter() - began:.0f} s")
         rows.append(predict(mcfg, run, shape, cal, available))
     if not rows:

@@ -22,7 +22,8 @@ shape's first (its kernels are built then), a run's second and third, and the tw
 validation pass (`time_after_validation`). Last, it writes a checkpoint and the model dir
 as a run does, timed: with the seconds the process took to reach the model's loading (its
 imports and the memory guard), the parts of a run's time that are not steps, evaluation or
-tokenizing.
+tokenizing. It reports its progress on stderr as it goes (`PROGRESS`), for the planner's
+progress bar.
 """
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ from statistics import fmean as mean
 from types import SimpleNamespace
 
 IMPORTED = time.perf_counter()
+# A line on stderr that starts with this is the probe's progress: "total N" once, then "+1"
+# after each step, forward pass or save (`calibrate.run_probe` draws them as a bar).
+PROGRESS = "lmtune-probe-progress "
+
+
+def report(what: str) -> None:
+    print(f"{PROGRESS}{what}", file=sys.stderr, flush=True)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -94,13 +102,17 @@ def peak_mb() -> float:
     return rss_mb("VmHWM")
 
 
+# The order `mixed_steps` runs the first six shapes in (`probe_points` puts them first).
+MIXED = (0, 4, 1, 5, 3, 2, 0, 3, 4, 1, 5, 2)
+
+
 def mixed_steps(step, points: list[tuple]) -> float:
     """The memory steps of changing shapes add, as a run's length-grouped batches come: the
     heap keeps what one shape freed where the next cannot always reuse it, so a run's peak
     is above its largest single step by a factor this measures."""
     from lmtune import runtime
 
-    order = [points[i] for i in (0, 4, 1, 5, 3, 2, 0, 3, 4, 1, 5, 2) if i < len(points)]
+    order = [points[i] for i in MIXED if i < len(points)]
     runtime.release_free_memory()
     before = memory_mb()
     reset_peak()
@@ -161,7 +173,9 @@ class _Probe:
         self.strategy.backward(loss)  # the work of a training step, its log figures included
         middle = time.perf_counter()
         self.strategy.step()
-        return middle - began, time.perf_counter() - middle
+        done = time.perf_counter()
+        report("+1")
+        return middle - began, done - middle
 
     def forward(self, data) -> float:
         import torch
@@ -171,7 +185,9 @@ class _Probe:
         with torch.inference_mode():
             self.task.loss_sum(self.model, data, self.autocast)
         self.model.train()
-        return time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        report("+1")
+        return seconds
 
     def first_update(self, point: tuple) -> None:
         """The optimizer's state exists from the first update on: what it adds."""
@@ -200,20 +216,26 @@ class _Probe:
             self.forward(self.batch(*p)[0])
         self.out["after_validation_steps"] = [sum(self.step(data)) for _ in range(2)]
 
-    def time_points(self, points: list[tuple], repeats: int) -> list[tuple]:
+    def distinct(self, points: list[tuple]) -> list[tuple]:
+        """The shapes to time: one that repeats an earlier one is left out (a task without
+        a language-model loss trains no fraction of a row, so both fractions are one)."""
+        seen, out = set(), []
+        for p in points:
+            key = (p[0], p[1], self.batch(*p)[1])
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+        return out
+
+    def time_points(self, timed: list[tuple], repeats: int) -> None:
         """Each shape's step, update and forward seconds (means of `repeats` steps and two
         forward passes after a warm-up step), and the warm-up step's own (a shape's first
-        step builds its kernels); returns the shapes timed (a shape that repeats an earlier
-        one is skipped). The repeats go round the shapes, as a run's batches change shape
-        every step: a slow spell of a shared host then slows every shape a little rather
-        than one shape much, which would bend the fit."""
-        self.out["points"], timed, batches = [], [], []
-        for p in points:
+        step builds its kernels). The repeats go round the shapes, as a run's batches
+        change shape every step: a slow spell of a shared host then slows every shape a
+        little rather than one shape much, which would bend the fit."""
+        self.out["points"], batches = [], []
+        for p in timed:
             data, trained = self.batch(*p)
-            if (p[0], p[1], trained) in ((q["rows"], q["width"], q["trained"])
-                                         for q in self.out["points"]):
-                continue  # a task without a language-model loss: no fraction is trained
-            timed.append(p)
             batches.append(data)
             self.out["points"].append({"rows": p[0], "width": p[1], "trained": trained,
                                        "first_seconds": sum(self.step(data))})
@@ -253,11 +275,22 @@ class _Probe:
                                           method=None, rngs=[checkpoint.rng_state()],
                                           progress={}, keep=1, best_step=None)
             middle = time.perf_counter()
+            report("+1")
             weights = self.strategy.full_state()
             rundir.atomic_save_dir(Path(tmp) / "model", lambda p: save_model(
                 self.strategy.module, self.tokenizer, p, weights))
             self.out["checkpoint_seconds"] = middle - began
             self.out["save_seconds"] = time.perf_counter() - middle
+        report("+1")
+
+
+def probe_steps(timed: int, points: int, repeats: int) -> int:
+    """How many steps, forward passes and saves `main` runs (the progress bar's length):
+    the first update and two more; each timed shape's first step, repeats and two forward
+    passes; three steps, up to two passes and two steps around a validation; each timed
+    shape's step again and the mixed ones for memory; a checkpoint and the model dir."""
+    return (3 + timed * (3 + repeats) + 3 + min(2, points - 1) + 2
+            + timed + sum(i < points for i in MIXED) + 2)
 
 
 def existing_parent(path: str) -> Path:
@@ -290,8 +323,10 @@ def main() -> int:
     with runtime.threads(cfg.train.threads or runtime.default_threads()):
         probe = _Probe(cfg, task, spec, precision)
         points = [tuple(p) for p in spec["points"]]
+        timed, repeats = probe.distinct(points), spec.get("repeats", 3)
+        report(f"total {probe_steps(len(timed), len(points), repeats)}")
         probe.first_update(points[0])
-        timed = probe.time_points(points, spec.get("repeats", 3))
+        probe.time_points(timed, repeats)
         probe.time_after_validation(points)
         probe.measure_memory(timed, points)
         probe.time_saves(existing_parent(cfg.output_dir))
