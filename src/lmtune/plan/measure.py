@@ -12,9 +12,11 @@ from pathlib import Path
 from lmtune.config import Config, config_yaml
 from lmtune.plan.planner import method_config
 
-# A short run (16 steps) that still validates once in the middle, so the steps after it
-# hold the copy of the best weights as a long run does; validation itself kept short.
-MEASURE_SETTINGS = ["train.max_steps=16", "train.eval_every=8", "train.log_every=1",
+# A short run that still validates once in the middle, so the steps after it hold the copy
+# of the best weights as a long run does; validation itself kept short.
+MEASURE_STEPS = 16
+MEASURE_SETTINGS = [f"train.max_steps={MEASURE_STEPS}",
+                    f"train.eval_every={MEASURE_STEPS // 2}", "train.log_every=1",
                     "eval.max_samples=64", "eval.generate_samples=0", "overwrite=true"]
 
 
@@ -51,4 +53,9 @@ def logged_steps(metrics: Path, rows_per_step: int) -> list[float]:
 
 
 def measure_rows(cfg: Config, methods: list[str], plan: dict) -> list[dict]:
-    return [{"method": name, **measure_run(method_config(cfg, name))} for name in methods]
+    rows = []
+    for i, name in enumerate(methods, 1):
+        print(f"plan: training {name} for {MEASURE_STEPS} steps ({i} of {len(methods)})", file=sys.stderr,
+              flush=True)
+        rows.append({"method": name, **measure_run(method_config(cfg, name))})
+    return rows
