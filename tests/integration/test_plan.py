@@ -135,6 +135,16 @@ def test_plan_refuses_a_method_that_does_not_exist(tiny_llama, chat_jsonl, tmp_p
     assert done.returncode == 2 and "method" in done.stderr and "nope" in done.stderr
 
 
+def encoded(cfg, task, path: str) -> dict:
+    """The config's data, tokenized as `lmtune train` tokenizes it."""
+    from lmtune.models.load import load_model_config, load_tokenizer
+    from lmtune.prepare import encode_or_cached
+
+    enc, _, _ = encode_or_cached(cfg, task, task.read(cfg), load_tokenizer(path, False),
+                                 load_model_config(path, False), path)
+    return enc
+
+
 def long_texts(path: Path, rows: int, words: int) -> Path:
     text = " ".join(["the cat sat on the mat"] * (words // 6))
     return write_csv(path, [{"text": text} for _ in range(rows)])
@@ -169,8 +179,6 @@ def test_the_guard_names_the_smaller_batch_that_fits(small_llama, tmp_path, monk
     batch, the advice is a smaller batch with accumulation (the same effective batch);
     train.memory_guard=false lets the same run through."""
     import lmtune.plan.guard as guard_module
-    from lmtune.models.load import load_model_config, load_tokenizer
-    from lmtune.prepare import encode_or_cached
     from lmtune.tasks import get_task
     from lmtune.train import train
 
@@ -178,8 +186,7 @@ def test_the_guard_names_the_smaller_batch_that_fits(small_llama, tmp_path, monk
     cfg = clm_config(small_llama, tmp_path, "method=full", f"data.train={data}",
                      "train.batch_size=64", "train.max_length=1024")
     task, path = get_task("clm"), str(small_llama)
-    enc, _, _ = encode_or_cached(cfg, task, task.read(cfg), load_tokenizer(path, False),
-                                 load_model_config(path, False), path)
+    enc = encoded(cfg, task, path)
     whole = guard_module.guard(cfg, task, enc, path, None, "fp32", 1)["peak_memory_mb"]
     monkeypatch.setattr(guard_module, "available_mb", lambda: whole * 0.8)
     with pytest.raises(LmtuneError, match=r"train.batch_size=32 train.grad_accum=2 keeps"):
@@ -187,6 +194,57 @@ def test_the_guard_names_the_smaller_batch_that_fits(small_llama, tmp_path, monk
     cfg.train.memory_guard = False
     again = guard_module.guard(cfg, task, enc, path, None, "fp32", 1)  # no error now
     assert again["peak_memory_mb"] == pytest.approx(whole, rel=0.05)  # the process grew a bit
+
+
+def test_the_guard_advises_a_shorter_length_then_lora_then_names_what_to_combine(
+        small_llama, tmp_path, monkeypatch):
+    """At batch size 1 no smaller batch exists: with the memory available set between the
+    predictions of the changes, the advice is the first change that fits, in the order of
+    what it costs the run."""
+    import lmtune.plan.guard as guard_module
+    import lmtune.plan.planner as planner_module
+    from lmtune import runtime
+    from lmtune.tasks import get_task
+
+    data = long_texts(tmp_path / "long.csv", 40, 1000)
+    task, path = get_task("clm"), str(small_llama)
+    # The process the predictions start from held still: this test process's memory and
+    # its peak (what earlier tests left) are not what is being tested here.
+    monkeypatch.setattr(planner_module, "memory_mb", lambda: 400.0)
+    monkeypatch.setattr(runtime, "peak_memory_mb", lambda: 0.0)
+
+    def guard(available, *extra):
+        cfg = clm_config(small_llama, tmp_path, f"data.train={data}", "train.batch_size=1",
+                         *extra)
+        monkeypatch.setattr(guard_module, "available_mb", lambda: available)
+        return guard_module.guard(cfg, task, encoded(cfg, task, path), path, None, "fp32", 1)
+
+    def peak(*extra):
+        return guard(1e9, *extra)["peak_memory_mb"]
+
+    def refused(available, *extra):
+        with pytest.raises(LmtuneError) as e:
+            guard(available, "method=full", *extra)
+        return str(e.value)
+
+    full, half = peak("method=full", "train.max_length=1024"), \
+        peak("method=full", "train.max_length=512")
+    lora_full_length = peak("method=lora", "train.max_length=1024")
+    assert full > max(half, lora_full_length)
+    # Both would fit; the shorter length keeps the method, so it comes first.
+    between = (full + max(half, lora_full_length)) / 2
+    assert "train.max_length=512 is predicted to fit" in refused(between,
+                                                                 "train.max_length=1024")
+    # 64 tokens: halved once to 32, the shortest tried; the optimizer state of full
+    # fine-tuning then outweighs what the tokens hold.
+    shortest, lora = peak("method=full", "train.max_length=32"), \
+        peak("method=lora", "train.max_length=64")
+    assert shortest > lora
+    assert "method=lora is predicted to fit" in refused((shortest + lora) / 2,
+                                                        "train.max_length=64")
+    combine = refused(lora * 0.95, "train.max_length=64")
+    assert "no single change is predicted to fit" in combine
+    assert "train.gradient_checkpointing=true" in combine
 
 
 def test_every_run_records_predicted_beside_measured(tiny_llama, chat_jsonl, tmp_path):
