@@ -133,6 +133,16 @@ def test_train_eval_predict(tiny_overrides, tmp_path, capsys, monkeypatch):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["label", "score", "text"] and len(table) == 3
     assert table[1].startswith("pos") and table[2].startswith("neg")
+    # A data file: its text column, every row, in order.
+    assert main(["predict", str(run), "--input", str(other), "--jsonl"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [o["text"] for o in out] == [r["text"] for r in sentiment_rows(50, seed=9)]
+    untitled = write_csv(tmp_path / "untitled.csv", [{"review": "fine"}])
+    assert main(["predict", str(run), "--input", str(untitled)]) == 2
+    assert "no column 'text'; columns found: review" in capsys.readouterr().err
+    gap = write_csv(tmp_path / "gap.csv", [{"text": "good"}, {"text": " "}])
+    assert main(["predict", str(run), "--input", str(gap)]) == 2
+    assert f"{gap}:3: empty or missing text" in capsys.readouterr().err
 
 
 def test_help_lists_config_keys(capsys):

@@ -9,7 +9,7 @@ from lmtune.data.templates import end_of_turn_ids
 from lmtune import pipeline
 from lmtune.config import GenerateConfig
 from lmtune.infer.generate import Generator
-from tests.conftest import chat_rows
+from tests.conftest import chat_rows, write_csv
 from tests.methods import case, names
 
 
@@ -85,6 +85,25 @@ def test_generate_cli_reads_chat_jsonl_and_keeps_the_reference_apart(sft_run, tm
     assert [g["prompt"] for g in got] == PROMPTS
     assert [g["reference"] for g in got] == [p.split(": ", 1)[1] for p in PROMPTS]
     assert all(isinstance(g["text"], str) for g in got)
+
+
+def test_generate_cli_reads_plain_prompts_from_txt_and_a_text_column(sft_run, tmp_path,
+                                                                      capsys):
+    txt, csv_file = tmp_path / "in.txt", tmp_path / "in.csv"
+    txt.write_text(PROMPTS[0] + "\n\n" + PROMPTS[1] + "\n")  # blank lines are not prompts
+    write_csv(csv_file, [{"text": p} for p in PROMPTS])
+    for src, want in [(txt, PROMPTS[:2]), (csv_file, PROMPTS)]:
+        out = tmp_path / f"{src.suffix[1:]}.jsonl"
+        assert main(["generate", str(sft_run), "--input", str(src), "--output", str(out),
+                     "generate.max_new_tokens=4"]) == 0
+        got = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [g["prompt"] for g in got] == want and "reference" not in got[0]
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("café\n".encode("latin-1"))
+    assert main(["generate", str(sft_run), "--input", str(latin)]) == 2
+    assert f"{latin}: not valid UTF-8" in capsys.readouterr().err
+    assert main(["generate", str(sft_run), "--input", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt: file not found" in capsys.readouterr().err
 
 
 def test_generate_cli_rejects_other_settings(sft_run, capsys):
