@@ -119,6 +119,10 @@ def test_lora_csv_with_a_separator_through_the_cli(tiny_llama, tmp_path, capsys)
     assert main(["predict", str(run), *TEXTS[:3], "--jsonl"]) == 0
     preds = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [p["labels"] for p in preds] == [["animal"], ["place"], ["animal", "place"]]
+    assert main(["predict", str(run), *TEXTS[:3]]) == 0  # the table: each row's labels
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["labels", "text"]
+    assert [line.split()[0] for line in table[1:]] == ["animal", "place", "animal,place"]
     assert main(["eval", str(run), "--compare-base", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "micro f1" in out and "threshold" in out
