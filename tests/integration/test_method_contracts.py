@@ -279,3 +279,20 @@ def test_a_method_the_settings_cannot_use_is_a_config_error(overrides, key):
 
     with pytest.raises(LmtuneError, match=f"^command line \\(.*\\): {key}: "):
         load_config(None, overrides)
+
+
+def test_prompt_tuning_starts_from_the_init_texts_token_embeddings(tiny_llama):
+    """prompt.init_text: the virtual tokens begin as the embeddings of the text's tokens,
+    repeated to their number, not as noise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_llama)("hello world",
+                                                    add_special_tokens=False)["input_ids"]
+    n = len(ids) + 3  # the text's tokens, then the first three again
+    cfg = load_config(None, ["task=sft", f"model={tiny_llama}", "method=prompt",
+                             f"prompt.virtual_tokens={n}", "prompt.init_text=hello world"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    want = base.get_input_embeddings().weight[ids + ids[:3]].detach().clone()
+    model = apply_method(base, cfg, get_task("sft"))
+    table = model.prompt_encoder[model.active_adapter].embedding.weight
+    assert torch.equal(table.detach(), want)
