@@ -128,6 +128,31 @@ def test_plan_measure_trains_each_method_and_prints_predicted_beside_measured(
     assert "predicted vs measured" in done.stdout
 
 
+def test_plan_leaves_out_what_does_not_suit_and_measures_nothing_that_cannot_fit(
+        tiny_llama, chat_jsonl, tmp_path, monkeypatch, capsys):
+    """The default methods on a Llama (no biases: BitFit does not apply) with 1 MB
+    available: each remaining method gets an unmeasured row that does not fit, no
+    calibration starts, and the plan says that none fits."""
+    import lmtune.plan.planner as planner_module
+    from lmtune.plan.command import format_plan, make_plan
+
+    monkeypatch.setattr(planner_module, "available_mb", lambda: 1.0)
+    cfg = load_config(None, ["task=sft", f"model={tiny_llama}", f"data.train={chat_jsonl}",
+                             f"cache_dir={tmp_path / 'cache'}", "train.threads=1"])
+    plan = make_plan(cfg, planner_module.candidates(cfg))
+    err = capsys.readouterr().err
+    assert "plan: bitfit left out" in err and "plan: measuring" not in err
+    assert err.count("the model alone needs about") == 5
+    assert [r["method"] for r in plan["rows"]] == ["full", "lora", "dora", "ia3", "freeze"]
+    assert not any(r["fits"] or r["calibrated"] for r in plan["rows"])
+    assert all(r["peak_memory_mb"] > 1 and r["seconds_per_step"] is None
+               for r in plan["rows"])
+    assert plan["recommended"] is None and plan["why"].startswith("no method fits in 1 MB")
+    text = format_plan(plan)
+    assert text.count(" NO") == 5 and "* not measured" in text and "recommended: none" in text
+    assert not (tmp_path / "cache" / "plan").exists()
+
+
 def test_plan_refuses_a_method_that_does_not_exist(tiny_llama, chat_jsonl, tmp_path):
     done = subprocess.run([sys.executable, "-m", "lmtune", "plan", "task=sft",
                            f"model={tiny_llama}", f"data.train={chat_jsonl}",
