@@ -139,3 +139,25 @@ def test_each_batch_shape_counts_once_and_the_first_batch_not_at_all():
                Batch(8, 24, 0), Batch(32, 64, 0)]
     seconds = [1.0, 2.0, 1.5, 2.5, 0.5, 4.0]
     assert first_of_shapes(batches, seconds) == pytest.approx(2.0 + 0.5 + 4.0)
+
+
+def test_available_memory_is_the_lower_of_memavailable_and_the_cgroup_limits_room(
+        tmp_path, monkeypatch):
+    import torch
+
+    from lmtune.plan.shape import MB, available_mb
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU host's memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   20480000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text(f"{1024 * MB}\n")
+    assert available_mb(str(meminfo), str(cgroup)) == 20000.0  # no limit: MemAvailable
+    (cgroup / "memory.max").write_text(f"{4096 * MB}\n")  # a container of 4 GiB, 1 used
+    assert available_mb(str(meminfo), str(cgroup)) == 3072.0
+    (cgroup / "memory.max").write_text(f"{64000 * MB}\n")  # a limit above the machine's
+    assert available_mb(str(meminfo), str(cgroup)) == 20000.0
+    assert available_mb(str(meminfo), str(tmp_path / "no-cgroup")) == 20000.0

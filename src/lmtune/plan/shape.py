@@ -34,20 +34,21 @@ class ModelShape:
     positions: int  # the longest input the model takes
 
 
-def available_mb() -> float:
-    """Memory a new process may use: MemAvailable, or less where a cgroup limit says so;
-    on a GPU, its free memory."""
+def available_mb(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> float:
+    """Memory a new process may use: MemAvailable, or less where a cgroup (v2) limit says
+    so (a container's memory limit, less what the cgroup already uses); on a GPU, its free
+    memory."""
     if torch.cuda.is_available():
         return torch.cuda.mem_get_info()[0] / MB
     avail = float("inf")
     try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
+        with open(meminfo, encoding="utf-8") as f:
             avail = next(int(x.split()[1]) / 1024 for x in f if x.startswith("MemAvailable"))
     except (OSError, StopIteration):
         pass
     try:
-        limit = open("/sys/fs/cgroup/memory.max", encoding="utf-8").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current", encoding="utf-8").read())
+        limit = open(f"{cgroup}/memory.max", encoding="utf-8").read().strip()
+        used = int(open(f"{cgroup}/memory.current", encoding="utf-8").read())
         if limit != "max":
             avail = min(avail, (int(limit) - used) / MB)
     except (OSError, ValueError):
