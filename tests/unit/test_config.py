@@ -51,11 +51,36 @@ def test_unknown_override_suggests():
     ("data.val_fraction=0.7", "must be in (0, 0.5)"),
     ("train=3", "is a section"),
     ("seed", "must look like key=value"),
+    ("train.epochs=two", "train.epochs: expected float, got 'two'"),
+    ("train.lr=true", "train.lr: expected float, got True"),
+    ("train.batch_size=[1, 2]", "train.batch_size: expected int, got [1, 2]"),
+    ("model={a: 1}", "model: expected str, got {'a': 1}"),
+    ("lora.target_modules={q: 1}", "lora.target_modules: expected list"),
 ])
 def test_bad_values_are_rejected_with_the_key(override, fragment):
     with pytest.raises(LmtuneError) as e:
         load_config(None, [override])
     assert fragment in str(e.value)
+
+
+def test_values_are_converted_to_their_keys_types():
+    cfg = load_config(None, ["train.epochs=2", "train.lr=1e-4", "train.max_steps=40.0",
+                             "lora.target_modules=q_proj, v_proj", "generate.stop=[END]"])
+    assert cfg.train.epochs == 2.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 40
+    assert isinstance(cfg.train.max_steps, int)
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.generate.stop == ["END"]
+
+
+def test_a_key_under_a_value_is_not_a_section():
+    with pytest.raises(LmtuneError, match="'train.lr.x': 'lr' is not a section"):
+        load_config(None, ["train.lr=1e-4", "train.lr.x=1"])
+
+
+def test_an_empty_config_file_is_the_defaults(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing set yet\n")
+    assert load_config(p) == load_config(None)
 
 
 def test_bad_value_in_yaml_names_line(tmp_path):
