@@ -48,11 +48,28 @@ def test_a_run_keeps_deepspeeds_cpu_notice_off_its_output(tmp_path, tiny_bert):
     (["predict", "/nonexistent-run"], "not a run dir or model dir"),
     # checked before torchrun starts: exit 2, not its child-failure report
     (["train", "--nproc", "2", "train.distributed=zero3"], "must be one of ddp, fsdp, deepspeed"),
+    (["serve", "minilm", "--max-batch", "0"], "serve: --max-batch must be positive"),
+    (["generate", "smollm2"], "generate: give --prompt TEXT or --input FILE"),
 ])
 def test_cli_errors_exit_2(args, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output_dir is relative: keep it out of the repo
     assert main(args) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_serve_on_a_taken_port_exits_2_before_loading_a_model(capsys, monkeypatch):
+    import socket
+
+    import lmtune.serve.command
+
+    monkeypatch.setattr(lmtune.serve.command, "run_server",
+                        lambda *a: pytest.fail("a model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "minilm", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert f"serve: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_deepspeed_missing_is_an_error_before_torchrun(capsys, tmp_path, monkeypatch):
