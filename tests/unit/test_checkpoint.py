@@ -2,6 +2,7 @@
 import errno
 import hashlib
 import json
+import os
 import pickle
 import random
 
@@ -199,6 +200,22 @@ def test_a_failed_model_save_keeps_the_old_model_dir(tmp_path, failure):
         atomic_save_dir(final, fail)
     assert (final / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dir left behind
+
+
+def test_a_failed_text_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path,
+                                                                         monkeypatch):
+    from lmtune.rundir import atomic_write_text
+
+    path = tmp_path / "summary.json"
+    atomic_write_text(path, "old")
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 def test_world_size_is_read_from_the_newest_valid_checkpoint(tmp_path):
