@@ -55,7 +55,7 @@ def logged_steps(metrics: Path, rows_per_step: int) -> list[float]:
 def measure_rows(cfg: Config, methods: list[str], plan: dict) -> list[dict]:
     rows = []
     for i, name in enumerate(methods, 1):
-        print(f"plan: training {name} for {MEASURE_STEPS} steps ({i} of {len(methods)})", file=sys.stderr,
-              flush=True)
+        print(f"plan: training {name} for {MEASURE_STEPS} steps ({i} of {len(methods)})",
+              file=sys.stderr, flush=True)
         rows.append({"method": name, **measure_run(method_config(cfg, name))})
     return rows
