@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from functools import lru_cache
 
 import torch
@@ -48,6 +49,12 @@ def configure_process() -> None:
 
 def _no_cpu_notice(record: logging.LogRecord) -> bool:
     return "Setting accelerator to CPU" not in record.getMessage()
+
+
+def bar_interval() -> float:
+    """Seconds between a progress bar's redraws: live on a terminal, rare in a piped log (a
+    redraw there is a line of its own)."""
+    return 0.5 if sys.stderr.isatty() else 30
 
 
 @lru_cache(maxsize=1)

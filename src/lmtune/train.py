@@ -100,7 +100,7 @@ def fit(s: Setup, progress: bool = True, stop_hook: Callable[[], bool] | None = 
     state = start_state(s)
     lengths = s.data["train"].lengths()  # masking keeps lengths
     bar = tqdm(total=s.total_steps, initial=state.step, desc="train", unit="step",
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30,
+               dynamic_ncols=True, mininterval=runtime.bar_interval(),
                disable=not progress or not strategy.is_main)  # short piped logs
     s.model.train()
     start = time.perf_counter() - state.seconds

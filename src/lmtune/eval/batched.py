@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from typing import Callable, Iterator
 
 import torch
@@ -65,7 +64,7 @@ def _sum_over_ranks(values: list[float], device, ranks: tuple[int, int] | None) 
 def eval_bar(rows: int, progress: bool):
     """A progress bar over the rows of an evaluation pass (off inside training)."""
     return tqdm(total=rows, desc="eval", unit="row", disable=not progress, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30)
+                mininterval=runtime.bar_interval())
 
 
 class EvalStopped(Exception):
@@ -197,7 +196,7 @@ def pair_passes(model, data: Encoded, task, how, progress_desc: str = "eval"
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(data), desc=progress_desc, unit="pair", disable=not how.progress,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+               dynamic_ncols=True, mininterval=runtime.bar_interval())
     try:
         with torch.no_grad():
             shape = None

@@ -9,7 +9,6 @@ to use.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -190,7 +189,7 @@ def plan_rows(cfg: Config, task, data: dict[str, Encoded], model_path: str,
                 say(f"plan: measuring {name} on this machine (once; kept for later plans)")
                 began = time.perf_counter()
                 with tqdm(desc=f"measuring {name}", unit="step", dynamic_ncols=True,
-                          mininterval=0.5 if sys.stderr.isatty() else 30,
+                          mininterval=runtime.bar_interval(),
                           disable=not progress) as bar:
                     cal = calibrate(mcfg, model_path, label_names, shape.total,
                                     shape.positions, bar)

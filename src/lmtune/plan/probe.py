@@ -245,7 +245,6 @@ class _Probe:
             row["backward_seconds"] = mean(r[i][0] for r in steps)
             row["update_seconds"] = mean(r[i][1] for r in steps)
             row["forward_seconds"] = mean(r[i] for r in passes)
-        return timed
 
     def measure_memory(self, timed: list[tuple], points: list[tuple]) -> None:
         """The memory each timed shape's step adds, each from a trimmed heap, then that of
